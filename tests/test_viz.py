@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import sklearn.metrics  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+from vfm_lab import viz  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def test_plot_history_one_panel_per_key_skipping_rows_without_it():
+    rows = [{"step": s, "epoch": s / 10, "loss": 3.0 / s, "lr": 0.1} for s in range(1, 21)]
+    rows += [{"step": 10, "knn": 0.3}, {"step": 20, "knn": 0.5}]  # epoch-end rows
+    fig = viz.plot_history(rows, keys=("loss", "knn"), log=True)
+    assert isinstance(fig, Figure) and len(fig.axes) == 2
+    (loss,), (knn,) = fig.axes[0].lines, fig.axes[1].lines
+    assert list(loss.get_xdata()) == list(range(1, 21)) and list(knn.get_ydata()) == [0.3, 0.5]
+    assert fig.axes[0].get_yscale() == "log"
+    assert viz.plot_history(rows, keys=("loss",), x="epoch").axes[0].get_xlabel() == "epoch"
+
+
+def test_plot_history_names_the_keys_it_has_when_one_is_missing():
+    with pytest.raises(ValueError, match="'acc' in no row; the rows have loss, step"):
+        viz.plot_history([{"step": 1, "loss": 1.0}], keys=("acc",))
+
+
+def test_plot_schedules_one_panel_per_schedule():
+    lr = np.linspace(0, 1, 50)
+    fig = viz.plot_schedules({"lr": lr, "wd": np.full(50, 0.05), "momentum": torch.linspace(0.99, 1, 50)})
+    assert len(fig.axes) == 3 and [ax.get_title() for ax in fig.axes] == ["lr", "wd", "momentum"]
+    np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), lr)
+
+
+@pytest.mark.parametrize("images", [torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8),
+                                    torch.rand(10, 1, 8, 8)])
+def test_image_grid_one_axes_per_image(images):
+    fig = viz.image_grid(images, titles=[f"#{i}" for i in range(10)], nrow=4)
+    assert len(fig.axes) == 10 and all(len(ax.images) == 1 for ax in fig.axes)
+    assert fig.axes[9].get_title() == "#9"
+    shown = fig.axes[0].images[0].get_array()
+    expected = images[0].float() / 255 if images.dtype == torch.uint8 else images[0]
+    np.testing.assert_allclose(np.asarray(shown).squeeze(), expected.permute(1, 2, 0).squeeze().numpy(), atol=1e-6)
+
+
+def test_image_grid_rejects_bad_input():
+    with pytest.raises(ValueError, match="3 titles for 10 images"):
+        viz.image_grid(torch.rand(10, 3, 8, 8), titles=["a", "b", "c"])
+    with pytest.raises(ValueError, match=r"C=1 or C=3, got \(2, 8, 8\)"):
+        viz.image_grid(torch.rand(4, 2, 8, 8))
+
+
+def blobs(n_per_class: int = 50, k: int = 3, d: int = 16, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    centres = 5 * torch.randn(k, d, generator=g)
+    labels = torch.arange(k).repeat_interleave(n_per_class)
+    return centres[labels] + torch.randn(len(labels), d, generator=g), labels
+
+
+def test_embedding_map_pca_scatters_each_class_at_its_principal_components():
+    features, labels = blobs()
+    fig = viz.embedding_map(features, labels, class_names=["a", "b", "c"])
+    (ax,) = fig.axes
+    assert len(ax.collections) == 3
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b", "c"]
+    reference = PCA(n_components=2).fit_transform(features.numpy())
+    for k, points in enumerate(ax.collections):
+        ours, ref = points.get_offsets(), reference[labels.numpy() == k]
+        np.testing.assert_allclose(np.abs(ours), np.abs(ref), atol=1e-3)  # equal up to the sign of each axis
+
+
+def test_embedding_map_tsne_and_subsampling():
+    features, labels = blobs(n_per_class=40)
+    with threadpool_limits(1):  # OpenMP threads on a busy shared CPU slow t-SNE down 100-fold
+        fig = viz.embedding_map(features, labels, method="tsne", max_points=60)
+    assert sum(len(c.get_offsets()) for c in fig.axes[0].collections) == 60
+    with pytest.raises(ValueError, match="method='umap' is not a projection; choose one of pca, tsne"):
+        viz.embedding_map(features, labels, method="umap")
+
+
+def test_confusion_counts_matches_sklearn():
+    g = torch.Generator().manual_seed(0)
+    y_true, y_pred = torch.randint(0, 7, (500,), generator=g), torch.randint(0, 7, (500,), generator=g)
+    y_pred[:200] = y_true[:200]
+    counts = viz.confusion_counts(y_true, y_pred, num_classes=8)  # class 7 never occurs
+    assert counts.dtype == torch.int64
+    np.testing.assert_array_equal(counts.numpy(),
+                                  sklearn.metrics.confusion_matrix(y_true, y_pred, labels=list(range(8))))
+    with pytest.raises(ValueError, match=r"y_pred has labels in \[0, 6\]; with num_classes=5"):
+        viz.confusion_counts(y_true.clamp(max=4), y_pred, num_classes=5)
+
+
+def test_confusion_matrix_figure_shows_row_rates_and_counts():
+    y_true, y_pred = torch.tensor([0, 0, 0, 1, 1, 2]), torch.tensor([0, 0, 1, 1, 1, 0])
+    fig = viz.confusion_matrix(y_true, y_pred, ["cat", "dog", "emu"])
+    ax = fig.axes[0]
+    assert len(fig.axes) == 2  # the matrix and its colour bar
+    np.testing.assert_allclose(ax.images[0].get_array(), [[2 / 3, 1 / 3, 0], [0, 1, 0], [1, 0, 0]])
+    assert [t.get_text() for t in ax.texts] == ["2", "1", "0", "0", "2", "0", "1", "0", "0"]
+    assert ax.get_title() == "accuracy 66.7%"
+
+
+def test_bar_table_one_group_of_bars_per_key():
+    results = {"simclr": {"shape": 0.9, "colour": 0.5, "size": 0.7}, "mae": {"shape": 0.6, "colour": 0.8}}
+    fig = viz.bar_table(results)
+    ax = fig.axes[0]
+    assert len(ax.containers) == 2
+    assert [b.get_height() for b in ax.containers[0]] == [0.9, 0.5, 0.7]
+    assert [b.get_height() for b in ax.containers[1]] == [0.6, 0.8]  # no bar for the missing group
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["shape", "colour", "size"]
+
+
+def test_views_side_by_side_three_rows_of_n():
+    x = torch.rand(8, 3, 32, 32)
+    fig = viz.views_side_by_side(x, x[:, :, :16, :16], x.flip(-1), n=5)
+    assert len(fig.axes) == 15 and all(len(ax.images) == 1 for ax in fig.axes)
+    assert [fig.axes[i].get_ylabel() for i in (0, 5, 10)] == ["original", "view 1", "view 2"]

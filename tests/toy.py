@@ -1,0 +1,40 @@
+"""A tiny method and data set for engine tests (importable by subprocess scripts too)."""
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from vfm_lab.data import ImageSet
+
+
+def toy_data(n: int = 256, seed: int = 0) -> ImageSet:
+    """8x8 grayscale images whose label is whether the left half is brighter."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=g)
+    y = (x[..., :4].float().mean((1, 2, 3)) > x[..., 4:].float().mean((1, 2, 3))).long()
+    return ImageSet("toy", x, y, ["right", "left"])
+
+
+class ToyMethod(nn.Module):
+    """Linear classifier with a random-noise augmentation (so resume must restore RNG state)
+    and BatchNorm (so it has buffers); ``delay`` slows each step to leave time for a kill."""
+
+    def __init__(self, delay: float = 0.0, hidden: int = 16):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.BatchNorm1d(hidden), nn.ReLU())
+        self.head = nn.Linear(hidden, 2)
+        self.delay = delay
+        self.ema_calls = 0
+
+    def forward(self, batch):
+        if self.delay:
+            time.sleep(self.delay)
+        x = batch["image"] + 0.05 * torch.randn_like(batch["image"])
+        logits = self.head(self.backbone(x))
+        return {"loss": nn.functional.cross_entropy(logits, batch["label"]),
+                "acc": (logits.argmax(-1) == batch["label"]).float().mean()}
+
+    def after_step(self, step, total_steps):
+        self.ema_calls += 1

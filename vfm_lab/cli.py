@@ -1,0 +1,205 @@
+"""``vfm-lab``: run chapters in batch, gather a leaderboard, train under torchrun, benchmark.
+
+    vfm-lab run all -p scale=lab                 # every chapter, one results table
+    vfm-lab run 01 --grid sweep.yaml             # a papermill sweep over parameters
+    vfm-lab leaderboard                          # gather runs/**/results.json again
+    torchrun --standalone --nproc_per_node=2 -m vfm_lab train 01 -p scale=smoke
+    vfm-lab bench engine                         # engine overhead vs a hand-written loop
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import csv
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def parse_value(text: str) -> Any:
+    """``3`` -> 3, ``1e-3`` -> 0.001, ``True`` -> True, anything else stays a string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_params(pairs: list[str]) -> dict[str, Any]:
+    params = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"-p {pair!r}: parameters are key=value, for example -p scale=lab")
+        key, value = pair.split("=", 1)
+        params[key.strip()] = parse_value(value.strip())
+    return params
+
+
+def resolve_chapters(names: list[str]) -> list[str]:
+    """``all``, full names (``01_supervised``) or their number (``01``, ``1``)."""
+    from vfm_lab.config import CONFIGS
+
+    chapters = sorted(CONFIGS)
+    if names == ["all"] or not names:
+        return chapters
+    out = []
+    for name in names:
+        match = [c for c in chapters if c == name or c.split("_")[0] == name.zfill(2)]
+        if not match:
+            raise SystemExit(f"unknown chapter {name!r}; choose 'all' or one of {', '.join(chapters)}")
+        out += match
+    return out
+
+
+def expand_grid(path: Path) -> list[dict[str, Any]]:
+    """A YAML grid: a mapping of lists (their cartesian product) or a list of mappings."""
+    import yaml
+
+    grid = yaml.safe_load(path.read_text())
+    if isinstance(grid, list):
+        return [dict(g) for g in grid]
+    if isinstance(grid, dict):
+        keys = list(grid)
+        values = [v if isinstance(v, list) else [v] for v in grid.values()]
+        return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+    raise SystemExit(f"{path}: a grid is a mapping of lists or a list of mappings")
+
+
+def run_name(params: dict[str, Any]) -> str:
+    parts = [f"{k}={v}" for k, v in sorted(params.items()) if k not in ("scale", "out_dir")]
+    name = params.get("scale", "smoke") + ("-" + "-".join(parts) if parts else "")
+    return "".join(c if c.isalnum() or c in "=-_.," else "_" for c in name)
+
+
+def plan_runs(chapters: list[str], common: dict[str, Any], grid: list[dict[str, Any]], runs_dir: Path
+              ) -> list[tuple[str, dict[str, Any], Path]]:
+    """Every (chapter, parameters, run folder), validated before anything runs."""
+    from vfm_lab.config import CONFIGS
+
+    plans = []
+    for chapter in chapters:
+        for extra in grid or [{}]:
+            if "chapter" in extra and extra["chapter"] not in chapter:
+                continue
+            params = {**common, **{k: v for k, v in extra.items() if k != "chapter"}}
+            params.setdefault("scale", CONFIGS[chapter].scale_default())
+            out = runs_dir / chapter / run_name(params)
+            CONFIGS[chapter].from_params(**params, out_dir=str(out))  # refuses bad parameters now
+            plans.append((chapter, params, out))
+    return plans
+
+
+def run(args: argparse.Namespace) -> int:
+    import papermill as pm
+
+    runs_dir = Path(args.runs_dir).resolve()
+    grid = expand_grid(Path(args.grid)) if args.grid else []
+    plans = plan_runs(resolve_chapters(args.chapters), parse_params(args.param), grid, runs_dir)
+    failed = []
+    for i, (chapter, params, out) in enumerate(plans, 1):
+        done = out / "DONE"
+        if done.exists() and not args.force:
+            print(f"[{i}/{len(plans)}] {chapter} {out.name}: done before, skipped (--force reruns)")
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"[{i}/{len(plans)}] {chapter} {out.name} -> {out}", flush=True)
+        start = time.perf_counter()
+        try:
+            pm.execute_notebook(NOTEBOOKS / f"{chapter}.ipynb", out / f"{chapter}.ipynb",
+                                parameters={**params, "out_dir": str(out)}, kernel_name="python3",
+                                cwd=str(NOTEBOOKS), progress_bar=not args.quiet)
+        except pm.PapermillExecutionError as e:
+            print(f"    FAILED in cell {e.exec_count}: {e.ename}: {e.evalue}\n    see {out / f'{chapter}.ipynb'}")
+            failed.append(f"{chapter} {out.name}")
+            continue
+        done.write_text(f"{time.perf_counter() - start:.1f} s\n")
+        print(f"    finished in {time.perf_counter() - start:.0f} s")
+    table = leaderboard(runs_dir)
+    print(table)
+    if failed:
+        print(f"{len(failed)} run(s) failed: {', '.join(failed)}")
+        return 1
+    return 0
+
+
+def leaderboard(runs_dir: Path) -> str:
+    """Gather every ``results.json`` under ``runs_dir`` into leaderboard.csv and .md."""
+    rows = []
+    for path in sorted(runs_dir.glob("*/*/results.json")):
+        result = json.loads(path.read_text())
+        row = {"chapter": path.parent.parent.name, "run": path.parent.name}
+        row.update({k: v for k, v in sorted(result.items()) if isinstance(v, (int, float, str)) and k != "chapter"})
+        rows.append(row)
+    if not rows:
+        return f"no results.json under {runs_dir}"
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with open(runs_dir / "leaderboard.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
+    table = "\n".join(lines)
+    (runs_dir / "leaderboard.md").write_text(table + "\n")
+    return f"{table}\n\n(written to {runs_dir / 'leaderboard.csv'} and leaderboard.md)"
+
+
+def train(args: argparse.Namespace) -> int:
+    """Train a chapter's method from the command line (under torchrun: DDP)."""
+    from vfm_lab.config import CONFIGS
+    from vfm_lab.jobs import JOBS
+
+    chapter = resolve_chapters([args.chapter])[0]
+    if chapter not in JOBS:
+        raise SystemExit(f"chapter {chapter} has no command-line job; choose one of {', '.join(JOBS)}")
+    cfg = CONFIGS[chapter].from_params(**parse_params(args.param))
+    results = JOBS[chapter](cfg)
+    print(json.dumps(results, indent=1))
+    return 0
+
+
+def bench(args: argparse.Namespace) -> int:
+    from vfm_lab.benchmarks import main as run_benchmarks
+
+    return run_benchmarks(args.what)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vfm-lab", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="execute chapters with papermill and gather a leaderboard")
+    p.add_argument("chapters", nargs="*", default=["all"], help="'all', or chapter names/numbers")
+    p.add_argument("-p", "--param", action="append", default=[], help="key=value for every run")
+    p.add_argument("--grid", help="YAML grid of parameters (mapping of lists, or list of mappings)")
+    p.add_argument("--runs-dir", default="runs", help="where the run folders go")
+    p.add_argument("--force", action="store_true", help="rerun runs that finished before")
+    p.add_argument("--quiet", action="store_true", help="no per-cell progress bar")
+    p.set_defaults(func=run)
+    p = sub.add_parser("leaderboard", help="gather runs/**/results.json into one table")
+    p.add_argument("--runs-dir", default="runs")
+    p.set_defaults(func=lambda a: print(leaderboard(Path(a.runs_dir).resolve())) or 0)
+    p = sub.add_parser("train", help="train a chapter's method from the command line (torchrun: DDP)")
+    p.add_argument("chapter")
+    p.add_argument("-p", "--param", action="append", default=[], help="key=value")
+    p.set_defaults(func=train)
+    p = sub.add_parser("bench", help="benchmarks: engine overhead, shapes generation speed")
+    p.add_argument("what", choices=("engine", "shapes", "all"))
+    p.set_defaults(func=bench)
+    args = parser.parse_args(argv)
+    from vfm_lab.config import ConfigError
+
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"vfm-lab: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

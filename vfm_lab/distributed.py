@@ -1,0 +1,95 @@
+"""Past one process: set-up under ``torchrun``, gathers for contrastive losses, SyncBatchNorm.
+
+Everything here is a no-op in a single process, so the same method code runs in a
+notebook on one CPU and under ``torchrun --nproc_per_node=8`` (the pattern of
+open_clip's ``ClipLoss`` and lightly's ``gather_distributed``).
+
+>>> x = torch.randn(4, 8, requires_grad=True)
+>>> gather_with_grad(x) is x   # one process: nothing to gather
+True
+"""
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init_from_env(device: torch.device, timeout_s: float = 120.0) -> bool:
+    """Join the process group that ``torchrun`` describes in the environment.
+
+    Returns False (and does nothing) outside ``torchrun``. gloo on CPU, nccl on CUDA.
+    ``timeout_s`` bounds how long a collective waits for a rank that died.
+    """
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1 or is_distributed():
+        return is_distributed()
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return True
+
+
+def local_device(device: torch.device) -> torch.device:
+    """Under torchrun each rank takes the GPU of its LOCAL_RANK."""
+    if device.type == "cuda" and is_distributed():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return device
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` (B, ...) from every rank into (world_size * B, ...), rank order,
+    keeping the gradient path to every rank's input (``torch.distributed.nn.all_gather``
+    sums the incoming gradients back to their owner), as contrastive losses need for
+    negatives from other GPUs (SimCLR, CLIP)."""
+    if world_size() == 1:
+        return x
+    import torch.distributed.nn.functional as dist_fn
+
+    return torch.cat(dist_fn.all_gather(x), dim=0)
+
+
+@torch.no_grad()
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every rank without gradient (queues, targets, evaluation)."""
+    if world_size() == 1:
+        return x
+    out = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out, dim=0)
+
+
+def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    """The mean of ``x`` over ranks (for example DINO's center), in place, returned."""
+    if world_size() > 1:
+        dist.all_reduce(x)
+        x /= world_size()
+    return x
+
+
+def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """BatchNorm that computes its statistics over the global batch. Without it, local
+    BN statistics leak which samples are positives (SimCLR, MoCo's shuffle-BN) and
+    BYOL can collapse. A no-op in one process."""
+    if world_size() == 1:
+        return model
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)

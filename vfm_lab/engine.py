@@ -1,0 +1,272 @@
+"""The engine: one loop that trains any method.
+
+A method is an ``nn.Module`` whose ``forward(batch)`` returns a dict with ``loss``
+(plus any scalars it wants logged). If it has ``after_step(step, total_steps)``, the
+engine calls it after every optimizer step (EMA teachers, temperature schedules).
+Everything else -- AdamW with per-step warm-up + cosine schedules for the learning
+rate and weight decay, mixed precision, gradient accumulation and clipping, atomic
+checkpoints and exact resume, a non-finite-loss guard, progress bars, a metrics log,
+DDP under ``torchrun`` -- lives here once (after MAE's ``engine_pretrain.py`` and
+DINO's ``utils.cosine_scheduler``).
+
+>>> cosine_schedule(1.0, 0.0, total_steps=5, warmup_steps=1).round(3).tolist()
+[0.0, 1.0, 0.854, 0.5, 0.146]
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from vfm_lab import distributed as D
+from vfm_lab.data import ImageSet, batches, steps_per_epoch
+from vfm_lab.runtime import autocast, resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the message says at which step and what to try."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is corrupt or belongs to another run (method, shapes)."""
+
+
+# ---- schedules and the EMA helper ----------------------------------------------------
+def cosine_schedule(base: float, final: float, total_steps: int, warmup_steps: int = 0,
+                    warmup_start: float = 0.0) -> np.ndarray:
+    """Per-step values: linear warm-up from ``warmup_start`` to ``base``, then a cosine
+    from ``base`` to ``final`` (DINO ``utils.cosine_scheduler``). Length ``total_steps``."""
+    if total_steps < 1 or not 0 <= warmup_steps <= total_steps:
+        raise ValueError(f"need total_steps >= 1 and 0 <= warmup_steps <= total_steps, "
+                         f"got total_steps={total_steps}, warmup_steps={warmup_steps}")
+    warmup = np.linspace(warmup_start, base, warmup_steps, endpoint=False)
+    t = np.arange(total_steps - warmup_steps) / max(total_steps - warmup_steps, 1)
+    cosine = final + 0.5 * (base - final) * (1 + np.cos(np.pi * t))
+    schedule = np.concatenate([warmup, cosine])
+    assert len(schedule) == total_steps
+    return schedule
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """target <- momentum * target + (1 - momentum) * online (MoCo eq. 2, BYOL, DINO)."""
+    for t, o in zip(target.parameters(), online.parameters()):
+        t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)
+
+
+# ---- the result of a run -------------------------------------------------------------
+@dataclass
+class TrainResult:
+    history: list[dict[str, float]]  # one row per logged step: step, epoch, lr, wd, loss, ...
+    steps: int  # optimizer steps taken in all, including those before a resume
+    seconds: float  # wall time of this call
+    resumed_from: int = 0  # the step this call resumed from (0: a fresh run)
+    out_dir: Path | None = None
+    schedules: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def final_loss(self) -> float:
+        return self.history[-1]["loss"]
+
+
+def fit(method: nn.Module, data: ImageSet, *, epochs: int, batch_size: int, lr: float,
+        weight_decay: float = 0.05, final_weight_decay: float | None = None, min_lr: float = 0.0,
+        warmup_epochs: float = 0.0, grad_accum: int = 1, clip_grad: float = 0.0,
+        device: str | torch.device = "auto", precision: str = "auto", seed: int = 0,
+        out_dir: str | Path | None = None, resume: bool = True, checkpoint_every: int = 200,
+        log_every: int = 10, sync_batchnorm: bool = False, progress: bool = True,
+        on_epoch_end: Callable[[int], dict[str, float]] | None = None) -> TrainResult:
+    """Train ``method`` on ``data`` and return its history.
+
+    ``batch_size`` is per process and per micro-batch; one optimizer step sees
+    ``batch_size * grad_accum * world_size`` images. With ``out_dir``, a checkpoint is
+    written atomically every ``checkpoint_every`` steps and at the end, and a later call
+    with the same ``out_dir`` resumes from it (``resume=False`` starts over). Under
+    ``torchrun`` the method is wrapped in DDP and every rank reads its own shard.
+    ``on_epoch_end(epoch)`` may return metrics (for example online kNN) to log.
+    """
+    for name, value in dict(epochs=epochs, batch_size=batch_size, grad_accum=grad_accum,
+                            checkpoint_every=checkpoint_every, log_every=log_every).items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r} must be a positive integer")
+    if lr <= 0 or weight_decay < 0 or clip_grad < 0:
+        raise ValueError(f"need lr > 0, weight_decay >= 0, clip_grad >= 0; got lr={lr}, "
+                         f"weight_decay={weight_decay}, clip_grad={clip_grad}")
+    device = resolve_device(device) if isinstance(device, str) else device
+    D.init_from_env(device)
+    device = D.local_device(device)
+    dtype = resolve_precision(precision, device)
+    rank, world = D.rank(), D.world_size()
+    per_epoch = steps_per_epoch(data, batch_size, world) // grad_accum
+    if per_epoch < 1:
+        raise ValueError(f"{len(data)} images of {data.name} give no full optimizer step of batch_size={batch_size} "
+                         f"x grad_accum={grad_accum} x {world} rank(s); lower the batch size or grad_accum")
+    total = epochs * per_epoch
+    schedules = {"lr": cosine_schedule(lr, min_lr, total, round(warmup_epochs * per_epoch)),
+                 "wd": cosine_schedule(weight_decay, weight_decay if final_weight_decay is None
+                                       else final_weight_decay, total)}
+
+    method.to(device)
+    if sync_batchnorm:
+        method = D.convert_sync_batchnorm(method)
+    decay, no_decay = [], []
+    for p in method.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)  # no decay on biases and norm scales
+    optimizer = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    out = Path(out_dir) if out_dir else None
+    run = dict(data=data.name, images=len(data), epochs=epochs, batch_size=batch_size, grad_accum=grad_accum,
+               world_size=world, lr=lr, min_lr=min_lr, weight_decay=weight_decay, final_weight_decay=final_weight_decay,
+               warmup_epochs=warmup_epochs, clip_grad=clip_grad, precision=str(dtype), seed=seed)
+    history: list[dict[str, float]] = []
+    step, sums, count = 0, {}, 0  # sums/count: the metrics of the steps since the last logged row
+    seed_everything(seed * 1000 + rank)  # augmentation randomness differs per rank
+    if out is not None:
+        _check_writable(out)
+        if resume and (out / CHECKPOINT).exists():
+            state = load_checkpoint(out / CHECKPOINT, method)
+            optimizer.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
+            step, history, (sums, count) = state["step"], state["history"], state["log_window"]
+            set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
+            changed = {k: (v, run[k]) for k, v in state["run"].items() if run.get(k) != v}
+            if changed:
+                raise CheckpointError(f"{out / CHECKPOINT} was written by another run: "
+                                      + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items())
+                                      + "; use another out_dir, or resume=False to start over")
+    resumed_from = step
+    model = nn.parallel.DistributedDataParallel(method) if world > 1 else method
+
+    start_time = time.perf_counter()
+    bar = tqdm(total=total, initial=step, desc=type(method).__name__, disable=not progress or rank != 0,
+               dynamic_ncols=True)
+    method.train()
+    while step < total:
+        epoch, in_epoch = divmod(step, per_epoch)
+        micro = batches(data, batch_size, seed=seed, epoch=epoch, rank=rank, world_size=world,
+                        start=in_epoch * grad_accum, device=device)
+        for _ in range(per_epoch - in_epoch):
+            for g in optimizer.param_groups:
+                g["lr"] = schedules["lr"][step]
+            optimizer.param_groups[0]["weight_decay"] = schedules["wd"][step]
+            for i in range(grad_accum):
+                batch = next(micro)
+                sync = i == grad_accum - 1 or world == 1
+                with (model.no_sync() if not sync else contextlib.nullcontext()), autocast(device, dtype):
+                    outputs = model(batch)
+                loss = outputs["loss"]
+                if not torch.isfinite(loss.detach()).item():
+                    bar.close()
+                    raise NonFiniteLossError(
+                        f"loss is {loss.item()} at step {step} (epoch {epoch}) of {type(method).__name__}; "
+                        f"lr was {schedules['lr'][step]:.3g}. Try a lower lr, clip_grad=1.0, or precision='fp32'"
+                        + (f"; the last checkpoint is in {out}" if out else ""))
+                scaler.scale(loss / grad_accum).backward()
+                for k, v in outputs.items():
+                    if torch.is_tensor(v) and v.ndim == 0 or isinstance(v, (int, float)):
+                        sums[k] = sums.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v) / grad_accum
+            if clip_grad > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(method.parameters(), clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            if hasattr(method, "after_step"):
+                method.after_step(step, total)
+            step += 1
+            count += 1
+            bar.update(1)
+            if step % log_every == 0 or step == total:
+                row = {"step": step, "epoch": step / per_epoch, "lr": float(schedules["lr"][step - 1]),
+                       "wd": float(schedules["wd"][step - 1]), **{k: v / count for k, v in sums.items()}}
+                history.append(row)
+                bar.set_postfix(loss=f"{row['loss']:.4f}")
+                sums, count = {}, 0
+            if step % per_epoch == 0 and on_epoch_end is not None:
+                method.eval()
+                extra = on_epoch_end(step // per_epoch - 1)
+                method.train()
+                if extra:
+                    history.append({"step": step, "epoch": step / per_epoch, **extra})
+            if out is not None and (step % checkpoint_every == 0 or step == total):
+                save_checkpoint(out / CHECKPOINT, method, optimizer, scaler, step, run, history, (sums, count))
+    bar.close()
+    if out is not None and rank == 0:
+        _write_metrics(out / METRICS, history)
+    return TrainResult(history=history, steps=step, seconds=time.perf_counter() - start_time,
+                       resumed_from=resumed_from, out_dir=out, schedules=schedules)
+
+
+# ---- checkpoints ---------------------------------------------------------------------
+def save_checkpoint(path: Path, method: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                    step: int, run: dict, history: list[dict], log_window: tuple[dict, int]) -> None:
+    """Write atomically (temp file + rename), from rank 0, with every rank's RNG state."""
+    rngs = [rng_state()]
+    if D.world_size() > 1:
+        gathered: list[Any] = [None] * D.world_size()
+        torch.distributed.all_gather_object(gathered, rngs[0])
+        rngs = gathered
+    if D.rank() != 0:
+        return
+    state = {"method": type(method).__name__, "model": method.state_dict(), "optimizer": optimizer.state_dict(),
+             "scaler": scaler.state_dict(), "step": step, "run": run, "history": history,
+             "log_window": log_window, "rng": rngs}
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    _write_metrics(path.parent / METRICS, history)
+
+
+def load_checkpoint(path: Path, method: nn.Module) -> dict:
+    """Load a checkpoint into ``method`` after checking it belongs to it; returns the state."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated or foreign file
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e}); "
+                              f"delete it to start over, or pass resume=False") from e
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path} is not a vfm_lab checkpoint; delete it or pass resume=False")
+    if state["method"] != type(method).__name__:
+        raise CheckpointError(f"{path} holds a {state['method']}, not a {type(method).__name__}; "
+                              f"use another out_dir, or resume=False to start over")
+    own = method.state_dict()
+    bad = [k for k in own if k not in state["model"] or state["model"][k].shape != own[k].shape]
+    extra = [k for k in state["model"] if k not in own]
+    if bad or extra:
+        raise CheckpointError(f"{path} does not fit this {type(method).__name__}: "
+                              f"{len(bad)} missing or differently shaped tensors (e.g. {(bad or extra)[:3]}); "
+                              f"use another out_dir, or resume=False to start over")
+    method.load_state_dict(state["model"])
+    return state
+
+
+def _write_metrics(path: Path, history: list[dict]) -> None:
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
+    os.replace(tmp, path)
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write_test{os.getpid()}"
+        probe.write_bytes(b"\0" * 1024)
+        probe.unlink()
+    except OSError as e:
+        raise OSError(f"cannot write to out_dir={str(out)!r} ({e.strerror}); choose a writable folder "
+                      f"with free space") from e
+

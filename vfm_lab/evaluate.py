@@ -1,0 +1,271 @@
+"""Evaluation reads a backbone: frozen features, kNN, linear and attribute probes, results.json.
+
+The protocol of the self-supervised literature: freeze the backbone, extract one
+feature vector per image, and measure how much of the label a simple reader recovers.
+
+- **kNN** (Wu et al., 2018, "Unsupervised Feature Learning via Non-Parametric Instance
+  Discrimination", arXiv:1805.01978, sec. 3.4; DINO's ``eval_knn.py``, Caron et al., 2021,
+  arXiv:2104.14294): the k most cosine-similar training features vote for their label with
+  weight ``exp(sim / T)``.
+- **Linear probe**: a softmax regression on standardised frozen features (the "linear
+  evaluation protocol" of SimCLR, Chen et al., 2020, arXiv:2002.05709, sec. 4.3).
+- **Attribute probes**: one linear probe per annotated factor (shape, colour, size,
+  position, count on ``shapes``), next to the accuracy of always guessing the majority value.
+
+Every accuracy is a fraction in [0, 1]. :func:`evaluate_backbone` runs all of it and
+:func:`write_results` merges the numbers into a run's ``results.json``.
+
+>>> g = torch.Generator().manual_seed(0)
+>>> centres = 5 * torch.randn(3, 16, generator=g)                     # (K, D): 3 classes
+>>> y = torch.arange(300) % 3                                        # (N,)
+>>> x = centres[y] + torch.randn(300, 16, generator=g)               # (N, D)
+>>> knn_accuracy(x[:200], y[:200], x[200:], y[200:], k=10)
+1.0
+>>> linear_probe(x[:200], y[:200], x[200:], y[200:], epochs=20)["test_acc"]
+1.0
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vfm_lab.backbones import Backbone
+from vfm_lab.data import ImageSet, batches
+
+RESULTS_FILE = "results.json"
+
+
+@torch.no_grad()
+def extract_features(backbone: Backbone, data: ImageSet, batch_size: int = 256,
+                     device: torch.device | str | None = None,
+                     dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled features of every image of ``data``, in order: ``(features (N, D) float32, labels (N,))``
+    on the CPU.
+
+    The backbone runs in eval mode (BatchNorm running statistics, no dropout) and each of its
+    modules goes back to the mode it was in. ``device`` defaults to where the backbone's
+    parameters are; ``dtype`` (e.g. ``torch.bfloat16``) runs it under autocast.
+    """
+    device = torch.device(device) if device is not None else next(backbone.parameters()).device
+    modes = {m: m.training for m in backbone.modules()}
+    backbone.eval()
+    feats = []
+    try:
+        for batch in batches(data, batch_size, shuffle=False, drop_last=False, device=device):
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                feats.append(backbone(batch["image"]).float().cpu())  # (B, D)
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    return torch.cat(feats), data.labels.clone()  # (N, D), (N,)
+
+
+@torch.no_grad()
+def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                 k: int = 20, temperature: float = 0.07, num_classes: int | None = None,
+                 chunk: int = 1024) -> float:
+    """Top-1 accuracy of the cosine-similarity weighted kNN classifier (InstDisc sec. 3.4; DINO ``knn_classifier``).
+
+    For each test feature, the ``k`` training features with the highest cosine similarity
+    ``s_i`` vote for their label with weight ``exp(s_i / temperature)``; the class with the
+    largest total wins. Test features are processed ``chunk`` at a time, so memory is
+    ``chunk x N_train``. The defaults (k=20, T=0.07) are DINO's.
+    """
+    _check_pairs(train_x, train_y, test_x, test_y)
+    if not 1 <= k <= len(train_x):
+        raise ValueError(f"k={k} neighbours but only {len(train_x)} training features; choose 1 <= k <= {len(train_x)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature={temperature} must be positive")
+    num_classes = num_classes or int(max(train_y.max(), test_y.max())) + 1
+    train_x = F.normalize(train_x.float(), dim=1)  # (N, D)
+    correct = 0
+    for start in range(0, len(test_x), chunk):
+        q = F.normalize(test_x[start:start + chunk].float(), dim=1)  # (Q, D)
+        sim, idx = (q @ train_x.T).topk(k, dim=1)  # (Q, k)
+        votes = torch.zeros(len(q), num_classes, device=q.device)  # (Q, K)
+        votes.scatter_add_(1, train_y[idx], (sim / temperature).exp())
+        correct += int((votes.argmax(dim=1) == test_y[start:start + chunk]).sum())
+    return correct / len(test_x)
+
+
+def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                 epochs: int = 100, lr: float = 3e-2, weight_decay: float = 1e-3, batch_size: int = 256,
+                 device: torch.device | str = "cpu", seed: int = 0,
+                 num_classes: int | None = None) -> dict[str, Any]:
+    """Train a softmax-regression probe on frozen features: ``{"train_acc", "test_acc", "probe"}``.
+
+    Features are standardised with the training mean and standard deviation; the linear
+    layer starts at zero and is trained with AdamW and a cosine learning-rate schedule on
+    shuffled mini-batches (order from ``seed``, so the result is deterministic). The
+    returned ``probe`` (an ``nn.Linear`` on the CPU) has the standardisation folded in: it
+    takes raw features, ``probe(x).argmax(1)`` is the prediction.
+    """
+    _check_pairs(train_x, train_y, test_x, test_y)
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs={epochs} and batch_size={batch_size} must be at least 1")
+    num_classes = num_classes or int(max(train_y.max(), test_y.max())) + 1
+    train_x, train_y = train_x.to(device, torch.float32), train_y.to(device)
+    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)  # (D,), (D,)
+    z = (train_x - mean) / std  # (N, D)
+    probe = nn.Linear(z.shape[1], num_classes).to(device)
+    nn.init.zeros_(probe.weight)
+    nn.init.zeros_(probe.bias)
+    opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = math.ceil(len(z) / batch_size)
+    total = epochs * steps_per_epoch
+    gen = torch.Generator().manual_seed(seed)
+    for epoch in range(epochs):
+        order = torch.randperm(len(z), generator=gen).to(device)
+        for i in range(steps_per_epoch):
+            for group in opt.param_groups:
+                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * (epoch * steps_per_epoch + i) / total))
+            index = order[i * batch_size:(i + 1) * batch_size]
+            loss = F.cross_entropy(probe(z[index]), train_y[index])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    with torch.no_grad():  # fold the standardisation in: W (x - m) / s + b = (W / s) x + (b - (W / s) m)
+        probe.weight.div_(std)
+        probe.bias.sub_(probe.weight @ mean)
+        probe = probe.cpu()
+        train_acc = (probe(train_x.cpu()).argmax(1) == train_y.cpu()).float().mean().item()
+        test_acc = (probe(test_x.float().cpu()).argmax(1) == test_y.cpu()).float().mean().item()
+    return {"train_acc": train_acc, "test_acc": test_acc, "probe": probe}
+
+
+def attribute_probes(train_x: torch.Tensor, train_attrs: dict[str, torch.Tensor], test_x: torch.Tensor,
+                     test_attrs: dict[str, torch.Tensor], **probe_kw: Any) -> dict[str, dict[str, float]]:
+    """A linear probe per attribute: name -> ``{"acc": test accuracy, "chance": majority rate}``.
+
+    ``chance`` is the test accuracy of always answering the most frequent training value,
+    the score of a probe that learned nothing from the features. ``probe_kw`` goes to
+    :func:`linear_probe`.
+    """
+    if set(train_attrs) != set(test_attrs):
+        raise ValueError(f"train attributes {sorted(train_attrs)} differ from test attributes {sorted(test_attrs)}")
+    out = {}
+    for name in sorted(train_attrs):
+        y_train, y_test = train_attrs[name], test_attrs[name]
+        majority = torch.bincount(y_train).argmax()
+        acc = linear_probe(train_x, y_train, test_x, y_test, **probe_kw)["test_acc"]
+        out[name] = {"acc": acc, "chance": (y_test == majority).float().mean().item()}
+    return out
+
+
+def write_results(out_dir: str | os.PathLike, results: dict[str, Any], *, merge: bool = True) -> Path:
+    """Write ``results`` to ``out_dir/results.json``; with ``merge`` its top-level keys replace
+    those of the file already there and the others stay.
+
+    Tensors and numpy values become plain numbers and lists; keys are sorted. The file is
+    written to a temporary file in the same folder and moved into place with ``os.replace``,
+    so a reader never sees half a file.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / RESULTS_FILE
+    merged = json.loads(path.read_text()) if merge and path.exists() else {}
+    merged.update(_to_json(results, "results"))
+    tmp = out_dir / f".{RESULTS_FILE}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(merged, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def evaluate_backbone(backbone: Backbone, train: ImageSet, test: ImageSet, *, knn_k: int = 20,
+                      knn_temperature: float = 0.07, probe_epochs: int = 100, attributes: bool = True,
+                      batch_size: int = 256, device: torch.device | str | None = None,
+                      dtype: torch.dtype | None = None, seed: int = 0) -> dict[str, float]:
+    """Frozen-feature evaluation of a backbone as one flat dict of accuracies in [0, 1]:
+    ``knn_acc``, ``linear_acc``, ``linear_train_acc`` and, when ``attributes`` and the data
+    have them, ``attr/<name>`` with ``attr/<name>/chance``.
+
+    ``knn_k`` is capped at the number of training images.
+    """
+    train_x, train_y = extract_features(backbone, train, batch_size, device, dtype)  # (N, D), (N,)
+    test_x, test_y = extract_features(backbone, test, batch_size, device, dtype)  # (M, D), (M,)
+    num_classes = max(train.num_classes, test.num_classes)
+    probe_device = device if device is not None else next(backbone.parameters()).device
+    probe = linear_probe(train_x, train_y, test_x, test_y, epochs=probe_epochs, device=probe_device,
+                         seed=seed, num_classes=num_classes)
+    results = {"knn_acc": knn_accuracy(train_x, train_y, test_x, test_y, k=min(knn_k, len(train_x)),
+                                       temperature=knn_temperature, num_classes=num_classes),
+               "linear_acc": probe["test_acc"], "linear_train_acc": probe["train_acc"]}
+    if attributes and train.attributes:
+        attrs = attribute_probes(train_x, train.attributes, test_x, test.attributes, epochs=probe_epochs,
+                                 device=probe_device, seed=seed)
+        for name, r in attrs.items():
+            results[f"attr/{name}"] = r["acc"]
+            results[f"attr/{name}/chance"] = r["chance"]
+    return results
+
+
+@torch.no_grad()
+def predict(classifier: nn.Module, data: ImageSet, batch_size: int = 256,
+            device: torch.device | str | None = None) -> torch.Tensor:
+    """Class predictions (N,) on the CPU of a model with ``predict(images)``, in eval mode
+    (the model goes back to its mode afterwards)."""
+    device = torch.device(device) if device is not None else next(classifier.parameters()).device
+    was_training = classifier.training
+    classifier.eval()
+    try:
+        out = [classifier.predict(b["image"]).cpu()
+               for b in batches(data, batch_size, shuffle=False, drop_last=False, device=device)]
+    finally:
+        classifier.train(was_training)
+    return torch.cat(out)
+
+
+def finetune(backbone: Backbone, train: ImageSet, test: ImageSet, *, epochs: int, batch_size: int = 128,
+             lr: float = 1e-3, augment: Any = None, **fit_kw: Any) -> dict[str, Any]:
+    """Fine-tune a copy of ``backbone`` with a new linear head and cross-entropy on
+    ``train``: ``{"test_acc", "train_seconds", "model"}``. ``fit_kw`` goes to
+    :func:`vfm_lab.engine.fit` (device, precision, seed, out_dir, ...). The backbone
+    passed in is left untouched, so the same pre-trained weights can be probed too."""
+    from vfm_lab.engine import fit
+    from vfm_lab.methods.supervised import Classifier
+
+    model = Classifier(copy.deepcopy(backbone), train.num_classes, "ce", augment=augment)
+    result = fit(model, train, epochs=epochs, batch_size=batch_size, lr=lr, **fit_kw)
+    acc = (predict(model, test) == test.labels).float().mean().item()
+    return {"test_acc": acc, "train_seconds": result.seconds, "model": model}
+
+
+def _check_pairs(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor) -> None:
+    """Features (N, D) with one label each, and the same D for train and test."""
+    for split, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
+        if x.ndim != 2 or y.ndim != 1 or len(x) != len(y) or len(x) == 0:
+            raise ValueError(f"{split} features must be (N, D) with N > 0 and labels (N,), "
+                             f"got {tuple(x.shape)} and {tuple(y.shape)}")
+    if train_x.shape[1] != test_x.shape[1]:
+        raise ValueError(f"train features have D={train_x.shape[1]} but test features D={test_x.shape[1]}")
+
+
+def _to_json(value: Any, key: str) -> Any:
+    """``value`` with tensors, numpy values and paths turned into JSON types; ``key`` names it in errors."""
+    if isinstance(value, dict):
+        return {str(k): _to_json(v, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_json(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, (torch.Tensor, np.ndarray, np.generic)):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"{key}={value!r} ({type(value).__name__}) cannot be written to {RESULTS_FILE}; "
+                    f"give a number, string, list or dict")

@@ -1,0 +1,62 @@
+"""Command-line training jobs (``vfm-lab train CHAPTER``; under torchrun: DDP).
+
+A job is the chapter's main training run without the narration: load the data the
+config names, build the method, train it with the engine, evaluate the backbone, and
+write ``results.json``. The notebooks walk through the same steps one cell at a time.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from vfm_lab import distributed as D
+from vfm_lab.augment import Augment
+from vfm_lab.backbones import build_backbone
+from vfm_lab.config import SupervisedConfig, TrainConfig
+from vfm_lab.data import ImageSet, load
+from vfm_lab.engine import fit
+from vfm_lab.evaluate import evaluate_backbone, predict, write_results
+from vfm_lab.methods.supervised import Classifier
+from vfm_lab.runtime import seed_everything
+
+
+def load_splits(cfg: TrainConfig, dataset: str | None = None, n_train: int | None = None,
+                image_size: int | None = None) -> tuple[ImageSet, ImageSet]:
+    """The train and test sets a config names (``n = 0``: all of a real data set)."""
+    name = dataset or cfg.dataset
+    n_train = cfg.n_train if n_train is None else n_train
+    kw: dict[str, Any] = {"seed": cfg.seed}
+    if name == "shapes":
+        kw["image_size"] = image_size or cfg.image_size
+    elif image_size:
+        kw["image_size"] = image_size
+    return (load(name, "train", n=n_train or None, **kw), load(name, "test", n=cfg.n_test or None, **kw))
+
+
+def supervised_augment(size: int) -> Augment:
+    """Crop (50-100 % of the image, so the object stays in view) and flip: CIFAR-style
+    light augmentation for label supervision."""
+    return Augment(size, crop_scale=(0.5, 1.0), jitter_p=0.0, grayscale_p=0.0)
+
+
+def train_supervised(cfg: SupervisedConfig, loss: str = "ce") -> dict[str, float]:
+    """Cross-entropy (or ``loss``) on ``cfg.dataset``'s class labels, then evaluation."""
+    seed_everything(cfg.seed)
+    train, test = load_splits(cfg)
+    backbone = build_backbone(cfg.backbone, train.channels, train.image_size)
+    method = Classifier(backbone, train.num_classes, loss, augment=supervised_augment(train.image_size),
+                        margin=cfg.margin, scale=cfg.cosface_scale, num_sampled=cfg.num_sampled)
+    result = fit(method, train, out_dir=Path(cfg.out_dir) / f"train-{loss}", **cfg.train_kwargs())
+    if not D.is_main():
+        return {}
+    pred = predict(method, test)
+    metrics = {"test_acc": float((pred == test.labels).float().mean()), "train_seconds": result.seconds,
+               "final_loss": result.final_loss, "world_size": D.world_size(),
+               **evaluate_backbone(method.backbone, train, test)}
+    write_results(cfg.out_dir, {"chapter": cfg.CHAPTER, "config": cfg.to_dict(), **metrics})
+    return metrics
+
+
+JOBS: dict[str, Callable[[Any], dict[str, float]]] = {"01_supervised": train_supervised}
