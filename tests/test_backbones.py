@@ -18,8 +18,9 @@ def test_forward_and_token_shapes(name):
     x = torch.rand(2, 3, 32, 32)  # (B, C, H, W)
     feats, tokens = net(x), net.forward_tokens(x)
     assert feats.shape == (2, net.embed_dim)
-    # ViT: (32 / 4)^2 patches; convnet: 32 px / 8 (three stride-2 stages after the stride-1 stem) = 4x4.
-    assert tokens.shape == (2, 64 if name in VITS else 16, net.embed_dim)
+    # ViT: (32 / 4)^2 patches; resnet18: 32 px / 8 (three stride-2 stages after the stride-1 stem) = 4x4;
+    # convnet-s also keeps the stride-2 max-pool: 2x2.
+    assert tokens.shape == (2, {"convnet-s": 4, "resnet18": 16}.get(name, 64), net.embed_dim)
     assert torch.isfinite(feats).all() and torch.isfinite(tokens).all()
     assert net.name == name and net.in_chans == 3 and net.image_size == 32
     assert net.patch_size == (4 if name in VITS else None)
@@ -53,7 +54,8 @@ def test_one_channel_28px(name):
     net = build_backbone(name, in_chans=1, image_size=28).eval()
     x = torch.rand(2, 1, 28, 28)
     assert net(x).shape == (2, net.embed_dim)
-    assert net.forward_tokens(x).shape[:2] == (2, 49 if name in VITS else 16)  # 28/4 = 7 patches a side; 28 -> 4
+    # 28/4 = 7 patches a side; resnet18: 28 -> 4 a side; convnet-s: 28 -> 2 a side
+    assert net.forward_tokens(x).shape[:2] == (2, {"convnet-s": 4, "resnet18": 16}.get(name, 49))
 
 
 @pytest.mark.parametrize("patch_size, n_tokens", [(7, 16), (4, 49), (14, 4)])

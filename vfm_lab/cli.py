@@ -47,11 +47,11 @@ def resolve_chapters(names: list[str]) -> list[str]:
     if names == ["all"] or not names:
         return chapters
     out = []
-    for name in names:
+    for name in map(str, names):
         match = [c for c in chapters if c == name or c.split("_")[0] == name.zfill(2)]
         if not match:
             raise SystemExit(f"unknown chapter {name!r}; choose 'all' or one of {', '.join(chapters)}")
-        out += match
+        out += [c for c in match if c not in out]
     return out
 
 
@@ -60,8 +60,8 @@ def expand_grid(path: Path) -> list[dict[str, Any]]:
     import yaml
 
     grid = yaml.safe_load(path.read_text())
-    if isinstance(grid, list):
-        return [dict(g) for g in grid]
+    if isinstance(grid, list) and all(isinstance(g, dict) for g in grid):
+        return grid
     if isinstance(grid, dict):
         keys = list(grid)
         values = [v if isinstance(v, list) else [v] for v in grid.values()]
@@ -71,21 +71,24 @@ def expand_grid(path: Path) -> list[dict[str, Any]]:
 
 def run_name(params: dict[str, Any]) -> str:
     parts = [f"{k}={v}" for k, v in sorted(params.items()) if k not in ("scale", "out_dir")]
-    name = params.get("scale", "smoke") + ("-" + "-".join(parts) if parts else "")
+    name = str(params.get("scale", "smoke")) + ("-" + "-".join(parts) if parts else "")
     return "".join(c if c.isalnum() or c in "=-_.," else "_" for c in name)
 
 
 def plan_runs(chapters: list[str], common: dict[str, Any], grid: list[dict[str, Any]], runs_dir: Path
               ) -> list[tuple[str, dict[str, Any], Path]]:
     """Every (chapter, parameters, run folder), validated before anything runs."""
-    from vfm_lab.config import CONFIGS
+    from vfm_lab.config import CONFIGS, ConfigError
 
     plans = []
     for chapter in chapters:
         for extra in grid or [{}]:
-            if "chapter" in extra and extra["chapter"] not in chapter:
+            if "chapter" in extra and resolve_chapters([extra["chapter"]]) != [chapter]:
                 continue
             params = {**common, **{k: v for k, v in extra.items() if k != "chapter"}}
+            if "out_dir" in params:
+                raise ConfigError("out_dir is set by the runner (one folder per run under --runs-dir); "
+                                  "leave it out of -p and the grid")
             params.setdefault("scale", CONFIGS[chapter].scale_default())
             out = runs_dir / chapter / run_name(params)
             CONFIGS[chapter].from_params(**params, out_dir=str(out))  # refuses bad parameters now

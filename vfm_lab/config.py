@@ -22,7 +22,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
-import types
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -87,15 +87,12 @@ class LabConfig:
     @classmethod
     def from_scope(cls, scope: dict[str, Any]) -> "LabConfig":
         """Build the config from a notebook's global names (its parameters cell plus
-        whatever papermill injected). Any other plain value defined before this call
-        is taken for a misspelt parameter and refused."""
-        params = {}
-        for name, value in scope.items():
-            if name.startswith("_") or name in _KERNEL_NAMES:
-                continue
-            if isinstance(value, (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)):
-                continue
-            params[name] = value
+        whatever papermill injected). Every literal (str, number, bool, None) not
+        starting with ``_`` is taken for a parameter, so a misspelt one is refused;
+        modules, functions and objects (an earlier ``cfg``) are not parameters."""
+        params = {name: value for name, value in scope.items()
+                  if not name.startswith("_") and name not in _KERNEL_NAMES
+                  and (value is None or isinstance(value, (str, int, float)))}  # literals only: bool is an int
         return cls.from_params(**params)
 
     @classmethod
@@ -114,6 +111,8 @@ class LabConfig:
             if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
                 raise ConfigError(f"{f.name}={value!r} should be of type {expected.__name__} "
                                   f"({meta.get('help', '')})")
+            if isinstance(value, float) and math.isnan(value):
+                raise ConfigError(f"{f.name}=nan is not a number ({meta.get('help', '')})")
             if meta.get("choices") and value not in meta["choices"]:
                 raise ConfigError(f"{f.name}={value!r} is not valid; choose one of "
                                   f"{', '.join(map(repr, meta['choices']))}")
@@ -197,10 +196,10 @@ class SupervisedConfig(TrainConfig):
 
     CHAPTER: ClassVar[str] = "01_supervised"
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "smoke": dict(n_train=1536, n_test=512, epochs=2, batch_size=64, real_dataset="mnist5k", real_n_train=1024,
-                      real_epochs=1, transfer_dataset="digits", transfer_epochs=1, fine_epochs=1),
-        "lab": dict(n_train=12000, n_test=2000, epochs=6, batch_size=128, real_dataset="fashion-mnist",
-                    real_n_train=0, real_epochs=3, transfer_dataset="mnist5k", transfer_epochs=3, fine_epochs=3),
+        "smoke": dict(n_train=2048, n_test=512, epochs=3, batch_size=64, real_dataset="mnist5k", real_n_train=2048,
+                      real_epochs=2, transfer_dataset="digits", transfer_epochs=2, fine_epochs=1),
+        "lab": dict(n_train=8000, n_test=2000, epochs=5, batch_size=128, real_dataset="fashion-mnist",
+                    real_n_train=0, real_epochs=2, transfer_dataset="mnist5k", transfer_epochs=1, fine_epochs=1),
         "full": dict(n_train=100000, n_test=10000, epochs=30, batch_size=256, backbone="resnet18",
                      real_dataset="fashion-mnist", real_n_train=0, real_epochs=30, transfer_dataset="mnist5k",
                      transfer_epochs=20, fine_epochs=20),

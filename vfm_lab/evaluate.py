@@ -21,7 +21,7 @@ Every accuracy is a fraction in [0, 1]. :func:`evaluate_backbone` runs all of it
 >>> x = centres[y] + torch.randn(300, 16, generator=g)               # (N, D)
 >>> knn_accuracy(x[:200], y[:200], x[200:], y[200:], k=10)
 1.0
->>> linear_probe(x[:200], y[:200], x[200:], y[200:], epochs=20)["test_acc"]
+>>> linear_probe(x[:200], y[:200], x[200:], y[200:], steps=20)["test_acc"]
 1.0
 """
 from __future__ import annotations
@@ -98,20 +98,21 @@ def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
 
 
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-                 epochs: int = 100, lr: float = 3e-2, weight_decay: float = 1e-3, batch_size: int = 256,
-                 device: torch.device | str = "cpu", seed: int = 0,
+                 steps: int = 100, weight_decay: float = 1e-3, device: torch.device | str = "cpu",
                  num_classes: int | None = None) -> dict[str, Any]:
     """Train a softmax-regression probe on frozen features: ``{"train_acc", "test_acc", "probe"}``.
 
     Features are standardised with the training mean and standard deviation; the linear
-    layer starts at zero and is trained with AdamW and a cosine learning-rate schedule on
-    shuffled mini-batches (order from ``seed``, so the result is deterministic). The
-    returned ``probe`` (an ``nn.Linear`` on the CPU) has the standardisation folded in: it
-    takes raw features, ``probe(x).argmax(1)`` is the prediction.
+    layer starts at zero and minimises the mean cross-entropy plus ``weight_decay / 2 *
+    ||W||^2`` with full-batch L-BFGS for ``steps`` iterations (as scikit-learn's
+    ``LogisticRegression``), so the result is deterministic and its cost does not grow
+    with the number of epochs a mini-batch optimiser would need. The returned ``probe``
+    (an ``nn.Linear`` on the CPU) has the standardisation folded in: it takes raw
+    features, ``probe(x).argmax(1)`` is the prediction.
     """
     _check_pairs(train_x, train_y, test_x, test_y)
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"epochs={epochs} and batch_size={batch_size} must be at least 1")
+    if steps < 1 or weight_decay < 0:
+        raise ValueError(f"steps={steps} must be at least 1 and weight_decay={weight_decay} non-negative")
     num_classes = num_classes or int(max(train_y.max(), test_y.max())) + 1
     train_x, train_y = train_x.to(device, torch.float32), train_y.to(device)
     mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)  # (D,), (D,)
@@ -119,20 +120,16 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     probe = nn.Linear(z.shape[1], num_classes).to(device)
     nn.init.zeros_(probe.weight)
     nn.init.zeros_(probe.bias)
-    opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = math.ceil(len(z) / batch_size)
-    total = epochs * steps_per_epoch
-    gen = torch.Generator().manual_seed(seed)
-    for epoch in range(epochs):
-        order = torch.randperm(len(z), generator=gen).to(device)
-        for i in range(steps_per_epoch):
-            for group in opt.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * (epoch * steps_per_epoch + i) / total))
-            index = order[i * batch_size:(i + 1) * batch_size]
-            loss = F.cross_entropy(probe(z[index]), train_y[index])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    opt = torch.optim.LBFGS(probe.parameters(), lr=1.0, max_iter=steps, history_size=20,
+                            line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(probe(z), train_y) + 0.5 * weight_decay * probe.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
     with torch.no_grad():  # fold the standardisation in: W (x - m) / s + b = (W / s) x + (b - (W / s) m)
         probe.weight.div_(std)
         probe.bias.sub_(probe.weight @ mean)
@@ -187,7 +184,7 @@ def write_results(out_dir: str | os.PathLike, results: dict[str, Any], *, merge:
 
 
 def evaluate_backbone(backbone: Backbone, train: ImageSet, test: ImageSet, *, knn_k: int = 20,
-                      knn_temperature: float = 0.07, probe_epochs: int = 100, attributes: bool = True,
+                      knn_temperature: float = 0.07, probe_steps: int = 100, attributes: bool = True,
                       batch_size: int = 256, device: torch.device | str | None = None,
                       dtype: torch.dtype | None = None, seed: int = 0) -> dict[str, float]:
     """Frozen-feature evaluation of a backbone as one flat dict of accuracies in [0, 1]:
@@ -200,14 +197,14 @@ def evaluate_backbone(backbone: Backbone, train: ImageSet, test: ImageSet, *, kn
     test_x, test_y = extract_features(backbone, test, batch_size, device, dtype)  # (M, D), (M,)
     num_classes = max(train.num_classes, test.num_classes)
     probe_device = device if device is not None else next(backbone.parameters()).device
-    probe = linear_probe(train_x, train_y, test_x, test_y, epochs=probe_epochs, device=probe_device,
-                         seed=seed, num_classes=num_classes)
+    probe = linear_probe(train_x, train_y, test_x, test_y, steps=probe_steps, device=probe_device,
+                         num_classes=num_classes)
     results = {"knn_acc": knn_accuracy(train_x, train_y, test_x, test_y, k=min(knn_k, len(train_x)),
                                        temperature=knn_temperature, num_classes=num_classes),
                "linear_acc": probe["test_acc"], "linear_train_acc": probe["train_acc"]}
     if attributes and train.attributes:
-        attrs = attribute_probes(train_x, train.attributes, test_x, test.attributes, epochs=probe_epochs,
-                                 device=probe_device, seed=seed)
+        attrs = attribute_probes(train_x, train.attributes, test_x, test.attributes, steps=probe_steps,
+                                 device=probe_device)
         for name, r in attrs.items():
             results[f"attr/{name}"] = r["acc"]
             results[f"attr/{name}/chance"] = r["chance"]

@@ -1,0 +1,222 @@
+"""The ``vfm-lab`` command line without running notebooks: parameter parsing, chapter
+names, YAML grids, run folder names, up-front validation of every run, the leaderboard,
+and the exit status of a refused parameter."""
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import string
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vfm_lab.cli import expand_grid, leaderboard, main, parse_params, parse_value, plan_runs, resolve_chapters, run_name
+from vfm_lab.config import CONFIGS, ConfigError
+
+CHAPTERS = sorted(CONFIGS)
+TWO = ["00_tour", "01_supervised"]  # the chapters the planning tests name parameters of
+
+
+# ---- parameters -------------------------------------------------------------------------
+@pytest.mark.parametrize("text, value", [
+    ("3", 3), ("-2", -2), ("1e-3", 1e-3), ("0.5", 0.5), ("1_000", 1000),
+    ("True", True), ("False", False), ("None", None),
+    ("lab", "lab"), ("convnet-s", "convnet-s"), ("fashion-mnist", "fashion-mnist"), ("cuda:0", "cuda:0"),
+    ("'quoted'", "quoted"), ("", ""),
+])
+def test_parse_value(text, value):
+    parsed = parse_value(text)
+    assert parsed == value and type(parsed) is type(value)
+
+
+def test_parse_params():
+    params = parse_params(["scale=lab", " lr = 1e-3 ", "epochs=3", "out_dir=a=b", "backbone=vit-nano"])
+    assert params == {"scale": "lab", "lr": 1e-3, "epochs": 3, "out_dir": "a=b", "backbone": "vit-nano"}
+    assert type(params["epochs"]) is int and type(params["lr"]) is float
+    assert parse_params([]) == {}
+
+
+def test_parse_params_without_equals_exits_with_a_message():
+    with pytest.raises(SystemExit, match="-p 'lab': parameters are key=value"):
+        parse_params(["epochs=2", "lab"])
+
+
+# ---- chapters ---------------------------------------------------------------------------
+@pytest.mark.parametrize("names, expected", [
+    (["all"], CHAPTERS), ([], CHAPTERS),
+    (["01"], ["01_supervised"]), (["1"], ["01_supervised"]), (["01_supervised"], ["01_supervised"]),
+    (["0", "01"], ["00_tour", "01_supervised"]), (["00_tour"], ["00_tour"]),
+])
+def test_resolve_chapters(names, expected):
+    assert resolve_chapters(names) == expected
+
+
+@pytest.mark.parametrize("name", ["99", "supervised", "001", "01_supervise"])
+def test_unknown_chapter_exits_naming_the_valid_ones(name):
+    with pytest.raises(SystemExit, match=f"unknown chapter '{name}'") as e:
+        resolve_chapters([name])
+    assert all(chapter in str(e.value) for chapter in ["'all'", *CHAPTERS])
+
+
+# ---- grids ------------------------------------------------------------------------------
+def test_grid_mapping_of_lists_is_the_cartesian_product(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text("lr: [0.001, 0.01]\nepochs: [1, 2, 3]\nscale: lab\n")
+    grid = expand_grid(path)
+    assert len(grid) == 6
+    assert sorted((g["lr"], g["epochs"]) for g in grid) == sorted(itertools.product([0.001, 0.01], [1, 2, 3]))
+    assert all(g["scale"] == "lab" and set(g) == {"lr", "epochs", "scale"} for g in grid)
+
+
+def test_grid_list_of_mappings_is_taken_as_is(tmp_path):
+    path = tmp_path / "runs.yaml"
+    path.write_text("- {lr: 0.001, backbone: vit-nano}\n- {epochs: 4}\n- {}\n")
+    assert expand_grid(path) == [{"lr": 0.001, "backbone": "vit-nano"}, {"epochs": 4}, {}]
+
+
+@pytest.mark.parametrize("text", ["3\n", "just a string\n", ""])
+def test_grid_of_another_shape_exits_with_a_message(tmp_path, text):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(SystemExit, match="a grid is a mapping of lists or a list of mappings") as e:
+        expand_grid(path)
+    assert str(path) in str(e.value)
+
+
+def test_grid_list_of_non_mappings_exits_with_a_message(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("- scale=lab\n- scale=smoke\n")
+    with pytest.raises(SystemExit, match="list of mappings"):
+        expand_grid(path)
+
+
+# ---- run folders ------------------------------------------------------------------------
+@pytest.mark.parametrize("params, name", [
+    ({}, "smoke"),
+    ({"scale": "lab"}, "lab"),
+    ({"scale": "lab", "out_dir": "/elsewhere"}, "lab"),
+    ({"scale": "lab", "lr": 0.001, "backbone": "vit-nano"}, "lab-backbone=vit-nano-lr=0.001"),
+    ({"device": "cuda:0", "dataset": "a/b c"}, "smoke-dataset=a_b_c-device=cuda_0"),
+])
+def test_run_name(params, name):
+    assert run_name(params) == name
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(st.text(string.ascii_lowercase + "_", min_size=1, max_size=8).filter(
+                           lambda k: k not in ("scale", "out_dir")),
+                       st.one_of(st.text(max_size=12), st.integers(), st.floats(allow_nan=False), st.booleans()),
+                       max_size=4))
+def test_run_name_is_one_safe_path_component(params):
+    name = run_name(params)
+    assert name and all(c.isalnum() or c in "=-_.," for c in name)
+    assert name not in (".", "..") and "/" not in name and "\\" not in name
+
+
+# ---- planning -----------------------------------------------------------------------------
+def test_plan_runs_is_chapters_times_grid(tmp_path):
+    grid = [{"lr": 0.001}, {"lr": 0.01, "epochs": 3}]
+    plans = plan_runs(TWO, {"scale": "smoke", "device": "cpu"}, grid, tmp_path)
+    assert [(c, p["lr"]) for c, p, _ in plans] == [(c, lr) for c in TWO for lr in (0.001, 0.01)]
+    for chapter, params, out in plans:
+        assert out == tmp_path / chapter / run_name(params) and params["device"] == "cpu"
+    assert plan_runs(["00_tour"], {}, [], tmp_path) == [("00_tour", {"scale": "smoke"}, tmp_path / "00_tour" / "smoke")]
+    assert not tmp_path.joinpath("00_tour").exists()  # planning creates nothing
+
+
+def test_plan_runs_grid_entries_can_name_their_chapter(tmp_path):
+    grid = [{"chapter": "01", "margin": 0.2}, {"lr": 0.01}]
+    plans = plan_runs(TWO, {}, grid, tmp_path)
+    assert [(c, p) for c, p, _ in plans] == [("00_tour", {"lr": 0.01, "scale": "smoke"}),
+                                             ("01_supervised", {"margin": 0.2, "scale": "smoke"}),
+                                             ("01_supervised", {"lr": 0.01, "scale": "smoke"})]
+
+
+@pytest.mark.parametrize("common, grid, match", [
+    ({}, [{"lr": 0.01}, {"lr": 0.02}, {"lr": -1.0}], "lr=-1.0 is below its minimum"),
+    ({"scale": "lab"}, [{"epochs": 2}, {"epochs": "3"}], "epochs='3' should be of type int"),
+    ({"epocs": 3}, [], "unknown parameter 'epocs'"),
+    ({}, [{"lr": 0.01}, {"chapter": "01", "margin": 2.0}], "margin=2.0 is above its maximum"),
+])
+def test_plan_runs_validates_every_run_before_anything_runs(tmp_path, common, grid, match):
+    with pytest.raises(ConfigError, match=match):
+        plan_runs(TWO, common, grid, tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_plan_runs_refuses_a_non_string_scale_as_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="scale=3"):
+        plan_runs(["00_tour"], {"scale": 3}, [], tmp_path)
+
+
+def test_plan_runs_with_out_dir_parameter_does_not_crash(tmp_path):
+    try:
+        plan_runs(["00_tour"], {"out_dir": "mine"}, [], tmp_path)
+    except ConfigError:
+        pass  # refusing out_dir with a message is fine too
+
+
+def test_plan_runs_grid_chapter_written_as_a_yaml_number(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text("- {chapter: 01, margin: 0.2}\n")
+    plans = plan_runs(TWO, {}, expand_grid(path), tmp_path)
+    assert [c for c, _, _ in plans] == ["01_supervised"]
+
+
+# ---- leaderboard ------------------------------------------------------------------------
+def write_result(runs_dir, chapter, run, result):
+    folder = runs_dir / chapter / run
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps(result))
+
+
+def test_leaderboard_gathers_every_results_json(tmp_path):
+    write_result(tmp_path, "00_tour", "smoke-a", {"chapter": "00_tour", "knn_acc": 0.912345, "steps": 40,
+                                                  "backbone": "convnet-s", "config": {"lr": 0.002},
+                                                  "curve": [1.0, 0.5]})
+    write_result(tmp_path, "00_tour", "smoke-b", {"knn_acc": 0.5, "linear_acc": 0.75, "config": {"lr": 0.01}})
+    write_result(tmp_path, "01_supervised", "lab", {"cosface_acc": 0.8})
+    write_result(tmp_path / "00_tour", "smoke-a", "nested", {"knn_acc": 0.0})  # too deep: not a run folder
+
+    text = leaderboard(tmp_path)
+    with open(tmp_path / "leaderboard.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        columns, rows = reader.fieldnames, list(reader)
+    assert columns == ["chapter", "run", "backbone", "knn_acc", "steps", "linear_acc", "cosface_acc"]
+    assert [(r["chapter"], r["run"]) for r in rows] == [("00_tour", "smoke-a"), ("00_tour", "smoke-b"),
+                                                       ("01_supervised", "lab")]
+    assert rows[0]["knn_acc"] == "0.912345" and rows[0]["steps"] == "40" and rows[0]["linear_acc"] == ""
+    assert rows[1]["linear_acc"] == "0.75" and rows[2]["cosface_acc"] == "0.8" and rows[2]["knn_acc"] == ""
+
+    md = (tmp_path / "leaderboard.md").read_text().splitlines()
+    assert md[0] == "| chapter | run | backbone | knn_acc | steps | linear_acc | cosface_acc |"
+    assert md[1] == "|" + "---|" * 7 and len(md) == 5
+    assert md[2] == "| 00_tour | smoke-a | convnet-s | 0.9123 | 40 |  |  |"
+    assert "\n".join(md) in text and "leaderboard.csv" in text
+
+
+def test_leaderboard_without_results_writes_nothing(tmp_path):
+    assert "no results.json" in leaderboard(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---- main -------------------------------------------------------------------------------
+def test_main_run_with_a_bad_parameter_exits_2_before_running(tmp_path, capsys, monkeypatch):
+    import papermill
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("no notebook may run when a parameter is refused")
+
+    monkeypatch.setattr(papermill, "execute_notebook", refuse)
+    assert main(["run", "00", "-p", "scale=huge", "--runs-dir", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("vfm-lab: scale='huge' is not a scale; choose one of smoke, lab, full")
+    assert out == "" and list(tmp_path.iterdir()) == []
+
+
+def test_main_leaderboard(tmp_path, capsys):
+    write_result(tmp_path, "00_tour", "smoke", {"knn_acc": 0.5})
+    assert main(["leaderboard", "--runs-dir", str(tmp_path)]) == 0
+    assert "| 00_tour | smoke | 0.5 |" in capsys.readouterr().out
