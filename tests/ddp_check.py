@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from tests.toy import toy_data
+from tests.toy import BNToy, LinearToy, toy_data
 from vfm_lab import distributed as D
 from vfm_lab.data import batches
 from vfm_lab.engine import fit
@@ -52,21 +52,24 @@ def main(out: str) -> None:
     report["shard_covers"] = len(everyone.unique())
 
     # (3) DDP through the engine == one process with the global batch
-    class Lin(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            torch.manual_seed(0)
-            self.fc = torch.nn.Linear(64, 2)
-
-        def forward(self, batch):
-            return {"loss": F.cross_entropy(self.fc(batch["image"].flatten(1)), batch["label"])}
-
-    m = Lin()
+    m = LinearToy()
     fit(m, toy_data(), epochs=1, batch_size=16, lr=0.05, weight_decay=0.0, device="cpu", precision="fp32",
         progress=False)
     w = m.fc.weight.detach().clone()
     report["ranks_equal"] = bool(torch.equal(D.gather(w[None])[0], D.gather(w[None])[-1]))
     report["weights"] = w.flatten().tolist()
+    # (4) BatchNorm under DDP: per-rank statistics (each rank sees its own shard); SyncBatchNorm is
+    # refused on CPU with a message (PyTorch runs it on CUDA only)
+    torch.manual_seed(0)
+    bn = BNToy()
+    fit(bn, toy_data(), epochs=1, batch_size=16, lr=0.05, device="cpu", precision="fp32", progress=False)
+    stats = bn.net[1].running_mean.detach()
+    report["bn_stats_equal"] = bool(torch.allclose(D.gather(stats[None])[0], D.gather(stats[None])[-1]))
+    try:
+        fit(BNToy(), toy_data(), epochs=1, batch_size=16, lr=0.05, device="cpu", progress=False, sync_batchnorm=True)
+        report["sync_bn_error"] = ""
+    except ValueError as e:
+        report["sync_bn_error"] = str(e)
     with open(f"{out}/rank{rank}.json", "w") as f:
         json.dump(report, f)
     dist.destroy_process_group()

@@ -220,3 +220,19 @@ def test_main_leaderboard(tmp_path, capsys):
     write_result(tmp_path, "00_tour", "smoke", {"knn_acc": 0.5})
     assert main(["leaderboard", "--runs-dir", str(tmp_path)]) == 0
     assert "| 00_tour | smoke | 0.5 |" in capsys.readouterr().out
+
+
+def test_run_executes_a_chapter_gathers_the_leaderboard_and_skips_it_next_time(tmp_path, capsys):
+    """The batch runner end to end: papermill runs chapter 00 (tiny), results.json lands in its run folder, the
+    leaderboard gathers it, and a second call skips the finished run."""
+    args = ["run", "00", "-p", "scale=smoke", "-p", "n_train=256", "-p", "n_test=128", "-p", "epochs=1",
+            "--runs-dir", str(tmp_path), "--quiet"]
+    assert main(args) == 0
+    folder = tmp_path / "00_tour" / "smoke-epochs=1-n_test=128-n_train=256"
+    results = json.loads((folder / "results.json").read_text())
+    assert results["chapter"] == "00_tour" and 0.0 <= results["knn_acc"] <= 1.0
+    assert (folder / "00_tour.ipynb").exists() and (folder / "DONE").exists()
+    assert "00_tour" in (tmp_path / "leaderboard.md").read_text()
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "done before, skipped" in capsys.readouterr().out

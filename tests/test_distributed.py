@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from tests.toy import toy_data
+from tests.toy import LinearToy, toy_data
 from vfm_lab.engine import fit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,18 +29,21 @@ def test_two_process_gather_shards_and_ddp_training(tmp_path):
         assert r["gather_grad_max_err"] < 1e-6  # gradients cross ranks through the gather
         assert r["shard_overlap"] == 0 and r["shard_covers"] == 64
         assert r["ranks_equal"]
+        assert not r["bn_stats_equal"]  # local BN sees the local shard
+        assert "needs CUDA" in r["sync_bn_error"]
 
-    class Lin(torch.nn.Module):  # the same model trained in one process on the global batch (2 x 16)
-        def __init__(self):
-            super().__init__()
-            torch.manual_seed(0)
-            self.fc = torch.nn.Linear(64, 2)
-
-        def forward(self, batch):
-            return {"loss": F.cross_entropy(self.fc(batch["image"].flatten(1)), batch["label"])}
-
-    single = Lin()
+    single = LinearToy()  # the same model trained in one process on the global batch (2 x 16)
     fit(single, toy_data(), epochs=1, batch_size=32, lr=0.05, weight_decay=0.0, device="cpu", precision="fp32",
         progress=False)
     torch.testing.assert_close(torch.tensor(reports[0]["weights"]), single.fc.weight.detach().flatten(),
                                rtol=1e-4, atol=1e-5)
+
+
+def test_command_line_training_job_under_torchrun(tmp_path):
+    """`torchrun -m vfm_lab train 01`: the chapter's job runs DDP on two ranks and writes results.json once."""
+    proc = torchrun(["-m", "vfm_lab", "train", "01", "-p", "scale=smoke", "-p", "n_train=512", "-p", "n_test=256",
+                     "-p", "epochs=2", "-p", "batch_size=32", "-p", f"out_dir={tmp_path / 'run'}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["world_size"] == 2 and results["chapter"] == "01_supervised"
+    assert 0.0 <= results["test_acc"] <= 1.0 and results["knn_acc"] > 0.0

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.toy import ToyMethod, toy_data
+from tests.toy import LinearToy, ToyMethod, toy_data
 from vfm_lab.engine import (CheckpointError, NonFiniteLossError, cosine_schedule, ema_update, fit,
                             load_checkpoint)
 
@@ -95,7 +95,7 @@ def _stop_at(epoch_to_stop):
 def test_sigkill_then_resume_matches(tmp_path):
     """A real process killed with SIGKILL mid-run resumes to the same final metrics."""
     script = (f"import sys, torch; sys.path.insert(0, {str(Path(__file__).parent.parent)!r})\n"
-              "from tests.toy import ToyMethod, toy_data\nfrom vfm_lab.engine import fit\n"
+              "from tests.toy import LinearToy, ToyMethod, toy_data\nfrom vfm_lab.engine import fit\n"
               "torch.manual_seed(0)\n"
               "fit(ToyMethod(delay=float(sys.argv[2])), toy_data(), epochs=3, batch_size=32, lr=0.05, device='cpu',"
               " precision='fp32', progress=False, log_every=2, seed=0, out_dir=sys.argv[1], checkpoint_every=3)\n")
@@ -150,16 +150,7 @@ def test_grad_accum_matches_big_batch():
     """Two micro-batches of 32 give the same update as one batch of 64 (no BN, no noise)."""
     data = toy_data()
 
-    class Linear(nn.Module):
-        def __init__(self):
-            super().__init__()
-            torch.manual_seed(0)
-            self.fc = nn.Linear(64, 2)
-
-        def forward(self, batch):
-            return {"loss": nn.functional.cross_entropy(self.fc(batch["image"].flatten(1)), batch["label"])}
-
-    a, b = Linear(), Linear()
+    a, b = LinearToy(), LinearToy()
     kw = dict(FIT, epochs=1, weight_decay=0.0)
     fit(a, data, **{**kw, "batch_size": 64})
     fit(b, data, **{**kw, "batch_size": 32}, grad_accum=2)

@@ -38,3 +38,27 @@ class ToyMethod(nn.Module):
 
     def after_step(self, step, total_steps):
         self.ema_calls += 1
+
+
+class LinearToy(nn.Module):
+    """A linear classifier with a fixed initialisation, no noise and no BatchNorm: runs that see the
+    same images in the same steps end with the same weights (grad accumulation, DDP)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(64, 2)
+
+    def forward(self, batch):
+        return {"loss": nn.functional.cross_entropy(self.fc(batch["image"].flatten(1)), batch["label"])}
+
+
+class BNToy(nn.Module):
+    """BatchNorm then a linear layer: its running statistics show which images a process saw."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.BatchNorm1d(64), nn.Linear(64, 2))
+
+    def forward(self, batch):
+        return {"loss": nn.functional.cross_entropy(self.net(batch["image"]), batch["label"])}

@@ -86,10 +86,13 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
+def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
     """BatchNorm that computes its statistics over the global batch. Without it, local
     BN statistics leak which samples are positives (SimCLR, MoCo's shuffle-BN) and
-    BYOL can collapse. A no-op in one process."""
+    BYOL can collapse. A no-op in one process; PyTorch runs it on CUDA devices only."""
     if world_size() == 1:
         return model
+    if device.type != "cuda":
+        raise ValueError(f"sync_batchnorm=True needs CUDA devices (PyTorch's SyncBatchNorm runs on GPUs only), "
+                         f"not {device.type}; on CPU ranks, BatchNorm statistics stay per rank")
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -118,9 +118,9 @@ def fit(method: nn.Module, data: ImageSet, *, epochs: int, batch_size: int, lr: 
                  "wd": cosine_schedule(weight_decay, weight_decay if final_weight_decay is None
                                        else final_weight_decay, total)}
 
-    method.to(device)
     if sync_batchnorm:
-        method = D.convert_sync_batchnorm(method)
+        method = D.convert_sync_batchnorm(method, device)
+    method.to(device)
     decay, no_decay = [], []
     for p in method.parameters():
         if p.requires_grad:

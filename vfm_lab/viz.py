@@ -121,7 +121,7 @@ def annotated_scenes(images: torch.Tensor, boxes: torch.Tensor, phrases: Sequenc
         _show(axes[0, i], images[i])
         for k, phrase in enumerate(phrases[i]):
             x0, y0, x1, y1 = boxes[i, k].tolist()
-            colour = _class_colours(10)[k]
+            colour = _class_colours(10)[k + 1]  # the colour of instance id k + 1 in the mask panel
             axes[0, i].add_patch(matplotlib.patches.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0,
                                                               fill=False, color=colour, lw=1.5))
             axes[0, i].text(x0, y0 - 1, phrase, color=colour, fontsize=6, va="bottom")

@@ -19,7 +19,8 @@ a prefix of a larger one) and ``seed``. The train/test split itself never depend
 - ``imagefolder``: any torchvision-style tree ``root/<split>/<class>/*.png``.
 
 File-based sets are looked for in ``root=``, else ``$VFM_LAB_DATA/<name>``, else
-``./data/<name>`` (relative to the working directory), else a system location; when they
+``./data/<name>`` (relative to the working directory), else the checkout's ``data/<name>`` (where
+``data_scripts/fetch.sh`` puts it, found from any working directory), else a system location; when they
 are nowhere, :class:`~vfm_lab.data.DataMissingError` names the command that fetches them,
 for example ``bash data_scripts/fetch.sh cifar10``.
 
@@ -46,6 +47,7 @@ TEST_FRACTION = 0.2  # share of each class that goes to "test" where a data set 
 DIGIT_CLASSES = [str(d) for d in range(10)]
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]  # label order of the upstream README
+REPO_DATA = Path(__file__).resolve().parents[2] / "data"  # where data_scripts/fetch.sh puts files in a checkout
 SYSTEM_ROOTS = {"fashion-mnist": [Path("/usr/share/datasets/fashion-mnist")]}  # Debian dataset-fashion-mnist
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -235,7 +237,7 @@ def _find_root(name: str, root: str | None, marker: str) -> Path:
         places = [Path(root)]
     else:
         env = [Path(os.environ["VFM_LAB_DATA"]) / name] if os.environ.get("VFM_LAB_DATA") else []
-        places = env + [Path("data") / name] + SYSTEM_ROOTS.get(name, [])
+        places = env + [Path("data") / name, REPO_DATA / name] + SYSTEM_ROOTS.get(name, [])
     for place in places:
         if (place / marker).is_file():
             return place
