@@ -173,7 +173,10 @@ def test_unwritable_out_dir_fails_before_training(tmp_path):
 
 def test_checkpoint_of_a_run_with_other_settings_is_refused(tmp_path):
     run(tmp_path)
+    fresh = ToyMethod()
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
     with pytest.raises(CheckpointError, match=r"lr was 0.05, now 0.01"):
-        run(tmp_path, lr=0.01)
+        fit(fresh, toy_data(), out_dir=tmp_path, **{**FIT, "lr": 0.01})
+    assert all(torch.equal(v, before[k]) for k, v in fresh.state_dict().items())  # nothing loaded
     _, again = run(tmp_path)  # the same settings resume (here: the run is complete, nothing to do)
     assert again.resumed_from == again.steps

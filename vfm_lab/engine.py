@@ -138,22 +138,17 @@ def fit(method: nn.Module, data: ImageSet, *, epochs: int, batch_size: int, lr: 
     if out is not None:
         _check_writable(out)
         if resume and (out / CHECKPOINT).exists():
-            state = load_checkpoint(out / CHECKPOINT, method)
+            state = load_checkpoint(out / CHECKPOINT, method, run)
             optimizer.load_state_dict(state["optimizer"])
             scaler.load_state_dict(state["scaler"])
             step, history, (sums, count) = state["step"], state["history"], state["log_window"]
             set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
-            changed = {k: (v, run[k]) for k, v in state["run"].items() if run.get(k) != v}
-            if changed:
-                raise CheckpointError(f"{out / CHECKPOINT} was written by another run: "
-                                      + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items())
-                                      + "; use another out_dir, or resume=False to start over")
     resumed_from = step
     model = nn.parallel.DistributedDataParallel(method) if world > 1 else method
 
     start_time = time.perf_counter()
-    bar = tqdm(total=total, initial=step, desc=type(method).__name__, disable=not progress or rank != 0,
-               dynamic_ncols=True)
+    desc = type(method).__name__ + (f" (resumed at step {step})" if step else "")
+    bar = tqdm(total=total, initial=step, desc=desc, disable=not progress or rank != 0, dynamic_ncols=True)
     method.train()
     while step < total:
         epoch, in_epoch = divmod(step, per_epoch)
@@ -231,8 +226,10 @@ def save_checkpoint(path: Path, method: nn.Module, optimizer: torch.optim.Optimi
     _write_metrics(path.parent / METRICS, history)
 
 
-def load_checkpoint(path: Path, method: nn.Module) -> dict:
-    """Load a checkpoint into ``method`` after checking it belongs to it; returns the state."""
+def load_checkpoint(path: Path, method: nn.Module, run: dict | None = None) -> dict:
+    """Load a checkpoint into ``method`` after checking it belongs to it (and, given ``run``,
+    that it was written with the same run settings); returns the state. Nothing is
+    loaded when a check fails."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # a truncated or foreign file
@@ -243,6 +240,11 @@ def load_checkpoint(path: Path, method: nn.Module) -> dict:
     if state["method"] != type(method).__name__:
         raise CheckpointError(f"{path} holds a {state['method']}, not a {type(method).__name__}; "
                               f"use another out_dir, or resume=False to start over")
+    changed = {k: (v, run[k]) for k, v in state["run"].items() if run is not None and run.get(k) != v}
+    if changed:
+        raise CheckpointError(f"{path} was written by another run: "
+                              + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items())
+                              + "; use another out_dir, or resume=False to start over")
     own = method.state_dict()
     bad = [k for k in own if k not in state["model"] or state["model"][k].shape != own[k].shape]
     extra = [k for k in state["model"] if k not in own]

@@ -22,17 +22,14 @@ from vfm_lab.methods.supervised import Classifier
 from vfm_lab.runtime import seed_everything
 
 
-def load_splits(cfg: TrainConfig, dataset: str | None = None, n_train: int | None = None,
-                image_size: int | None = None) -> tuple[ImageSet, ImageSet]:
-    """The train and test sets a config names (``n = 0``: all of a real data set)."""
-    name = dataset or cfg.dataset
-    n_train = cfg.n_train if n_train is None else n_train
+def load_splits(cfg: TrainConfig) -> tuple[ImageSet, ImageSet]:
+    """The train and test sets a config names (``n = 0``: all of a real data set; real
+    sets keep their own resolution, ``shapes`` is drawn at ``cfg.image_size``)."""
     kw: dict[str, Any] = {"seed": cfg.seed}
-    if name == "shapes":
-        kw["image_size"] = image_size or cfg.image_size
-    elif image_size:
-        kw["image_size"] = image_size
-    return (load(name, "train", n=n_train or None, **kw), load(name, "test", n=cfg.n_test or None, **kw))
+    if cfg.dataset == "shapes":
+        kw["image_size"] = cfg.image_size
+    return (load(cfg.dataset, "train", n=cfg.n_train or None, **kw),
+            load(cfg.dataset, "test", n=cfg.n_test or None, **kw))
 
 
 def supervised_augment(size: int) -> Augment:
