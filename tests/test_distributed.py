@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,30 @@ def test_command_line_training_job_under_torchrun(tmp_path):
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["world_size"] == 2 and results["chapter"] == "01_supervised"
     assert 0.0 <= results["test_acc"] <= 1.0 and results["knn_acc"] > 0.0
+
+
+def test_a_dying_rank_stops_the_others_under_torchrun(tmp_path):
+    """torchrun's agent sees rank 1 exit and ends rank 0: the job fails in bounded time, nothing hangs."""
+    start = time.time()
+    proc = torchrun([str(ROOT / "tests" / "ddp_die.py")], tmp_path, timeout=120)
+    assert proc.returncode != 0
+    assert time.time() - start < 60
+    assert "exitcode  : 17" in proc.stderr or "exitcode: 17" in proc.stderr.replace("  ", " ")
+
+
+def test_a_dying_rank_stops_the_other_without_an_agent(tmp_path):
+    """Two processes started by hand (no torchrun agent to kill the survivor): when rank 1 dies, rank 0's
+    collective fails with an error within the process-group timeout instead of hanging."""
+    port = str(29500 + os.getpid() % 1000)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": port, "WORLD_SIZE": "2"}
+    start = time.time()
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "tests" / "ddp_die.py")], cwd=tmp_path,
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    outs = [p.communicate(timeout=180)[0] for p in procs]
+    elapsed = time.time() - start
+    assert procs[1].returncode == 17
+    assert procs[0].returncode == 3, outs[0][-2000:]  # rank 0 raised (gloo reports the lost peer)
+    assert "rank 0 stopped after" in outs[0]
+    assert elapsed < 150  # the process-group timeout (120 s) bounds it
