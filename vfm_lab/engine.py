@@ -220,9 +220,7 @@ def save_checkpoint(path: Path, method: nn.Module, optimizer: torch.optim.Optimi
     state = {"method": type(method).__name__, "model": method.state_dict(), "optimizer": optimizer.state_dict(),
              "scaler": scaler.state_dict(), "step": step, "run": run, "history": history,
              "log_window": log_window, "rng": rngs}
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
     _write_metrics(path.parent / METRICS, history)
 
 
@@ -256,10 +254,21 @@ def load_checkpoint(path: Path, method: nn.Module, run: dict | None = None) -> d
     return state
 
 
+def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then move it into place with
+    ``os.replace``: a reader, or a run killed mid-write, never sees half a file. On failure
+    the temporary file is removed and ``path`` keeps its old content."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _write_metrics(path: Path, history: list[dict]) -> None:
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text("".join(json.dumps(row) + "\n" for row in history)))
 
 
 def _check_writable(out: Path) -> None:

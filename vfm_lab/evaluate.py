@@ -40,6 +40,9 @@ from torch import nn
 
 from vfm_lab.backbones import Backbone
 from vfm_lab.data import ImageSet, batches
+from vfm_lab.engine import atomic_write, fit
+from vfm_lab.methods.supervised import Classifier
+from vfm_lab.runtime import autocast
 
 RESULTS_FILE = "results.json"
 
@@ -61,7 +64,7 @@ def extract_features(backbone: Backbone, data: ImageSet, batch_size: int = 256,
     feats = []
     try:
         for batch in batches(data, batch_size, shuffle=False, drop_last=False, device=device):
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            with autocast(device, dtype or torch.float32):
                 feats.append(backbone(batch["image"]).float().cpu())  # (B, D)
     finally:
         for m, training in modes.items():
@@ -171,15 +174,13 @@ def write_results(out_dir: str | os.PathLike, results: dict[str, Any], *, merge:
     path = out_dir / RESULTS_FILE
     merged = json.loads(path.read_text()) if merge and path.exists() else {}
     merged.update(_to_json(results, "results"))
-    tmp = out_dir / f".{RESULTS_FILE}.{os.getpid()}.tmp"
-    try:
+
+    def write(tmp: Path) -> None:
         with open(tmp, "w") as f:
             json.dump(merged, f, indent=2, sort_keys=True)
             f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
     return path
 
 
@@ -227,19 +228,21 @@ def predict(classifier: nn.Module, data: ImageSet, batch_size: int = 256,
     return torch.cat(out)
 
 
+def accuracy(classifier: nn.Module, data: ImageSet, target: torch.Tensor | None = None) -> float:
+    """Share of ``data`` that ``classifier`` predicts right (against its labels, or ``target``)."""
+    return (predict(classifier, data) == (data.labels if target is None else target)).float().mean().item()
+
+
 def finetune(backbone: Backbone, train: ImageSet, test: ImageSet, *, epochs: int, batch_size: int = 128,
              lr: float = 1e-3, augment: Any = None, **fit_kw: Any) -> dict[str, Any]:
     """Fine-tune a copy of ``backbone`` with a new linear head and cross-entropy on
     ``train``: ``{"test_acc", "train_seconds", "model"}``. ``fit_kw`` goes to
     :func:`vfm_lab.engine.fit` (device, precision, seed, out_dir, ...). The backbone
     passed in is left untouched, so the same pre-trained weights can be probed too."""
-    from vfm_lab.engine import fit
-    from vfm_lab.methods.supervised import Classifier
 
     model = Classifier(copy.deepcopy(backbone), train.num_classes, "ce", augment=augment)
     result = fit(model, train, epochs=epochs, batch_size=batch_size, lr=lr, **fit_kw)
-    acc = (predict(model, test) == test.labels).float().mean().item()
-    return {"test_acc": acc, "train_seconds": result.seconds, "model": model}
+    return {"test_acc": accuracy(model, test), "train_seconds": result.seconds, "model": model}
 
 
 def _check_pairs(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor) -> None:

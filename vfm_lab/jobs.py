@@ -17,7 +17,7 @@ from vfm_lab.backbones import build_backbone
 from vfm_lab.config import SupervisedConfig, TrainConfig
 from vfm_lab.data import ImageSet, load
 from vfm_lab.engine import fit
-from vfm_lab.evaluate import evaluate_backbone, predict, write_results
+from vfm_lab.evaluate import accuracy, evaluate_backbone, write_results
 from vfm_lab.methods.supervised import Classifier
 from vfm_lab.runtime import seed_everything
 
@@ -49,8 +49,7 @@ def train_supervised(cfg: SupervisedConfig, loss: str = "ce") -> dict[str, float
     result = fit(method, train, out_dir=Path(cfg.out_dir) / f"train-{loss}", **cfg.train_kwargs())
     if not D.is_main():
         return {}
-    pred = predict(method, test)
-    metrics = {"test_acc": float((pred == test.labels).float().mean()), "train_seconds": result.seconds,
+    metrics = {"test_acc": accuracy(method, test), "train_seconds": result.seconds,
                "final_loss": result.final_loss, "world_size": D.world_size(),
                **evaluate_backbone(method.backbone, train, test)}
     write_results(cfg.out_dir, {"chapter": cfg.CHAPTER, "config": cfg.to_dict(), **metrics})
