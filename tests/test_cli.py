@@ -178,22 +178,27 @@ def test_leaderboard_gathers_every_results_json(tmp_path):
                                                   "curve": [1.0, 0.5]})
     write_result(tmp_path, "00_tour", "smoke-b", {"knn_acc": 0.5, "linear_acc": 0.75, "config": {"lr": 0.01}})
     write_result(tmp_path, "01_supervised", "lab", {"cosface_acc": 0.8})
+    write_result(tmp_path, "03_contrastive", "lab", {"chapter": "03_contrastive", "config": {"lr": 0.1},
+                                                     "simclr": {"knn_acc": 0.4, "online_knn": [0.2, 0.4]},
+                                                     "moco_v3": {"knn_acc": 0.3}})
     write_result(tmp_path / "00_tour", "smoke-a", "nested", {"knn_acc": 0.0})  # too deep: not a run folder
 
     text = leaderboard(tmp_path)
     with open(tmp_path / "leaderboard.csv", newline="") as f:
         reader = csv.DictReader(f)
         columns, rows = reader.fieldnames, list(reader)
-    assert columns == ["chapter", "run", "backbone", "knn_acc", "steps", "linear_acc", "cosface_acc"]
-    assert [(r["chapter"], r["run"]) for r in rows] == [("00_tour", "smoke-a"), ("00_tour", "smoke-b"),
-                                                       ("01_supervised", "lab")]
+    assert columns == ["chapter", "run", "entry", "backbone", "knn_acc", "steps", "linear_acc", "cosface_acc"]
+    assert [(r["chapter"], r["run"], r["entry"]) for r in rows] == [
+        ("00_tour", "smoke-a", ""), ("00_tour", "smoke-b", ""), ("01_supervised", "lab", ""),
+        ("03_contrastive", "lab", "moco_v3"), ("03_contrastive", "lab", "simclr")]  # one row per method
     assert rows[0]["knn_acc"] == "0.912345" and rows[0]["steps"] == "40" and rows[0]["linear_acc"] == ""
     assert rows[1]["linear_acc"] == "0.75" and rows[2]["cosface_acc"] == "0.8" and rows[2]["knn_acc"] == ""
+    assert rows[4]["knn_acc"] == "0.4"  # the curve (a list) stays out
 
     md = (tmp_path / "leaderboard.md").read_text().splitlines()
-    assert md[0] == "| chapter | run | backbone | knn_acc | steps | linear_acc | cosface_acc |"
-    assert md[1] == "|" + "---|" * 7 and len(md) == 5
-    assert md[2] == "| 00_tour | smoke-a | convnet-s | 0.9123 | 40 |  |  |"
+    assert md[0] == "| chapter | run | entry | backbone | knn_acc | steps | linear_acc | cosface_acc |"
+    assert md[1] == "|" + "---|" * 8 and len(md) == 7
+    assert md[2] == "| 00_tour | smoke-a |  | convnet-s | 0.9123 | 40 |  |  |"
     assert "\n".join(md) in text and "leaderboard.csv" in text
 
 
@@ -219,7 +224,7 @@ def test_main_run_with_a_bad_parameter_exits_2_before_running(tmp_path, capsys, 
 def test_main_leaderboard(tmp_path, capsys):
     write_result(tmp_path, "00_tour", "smoke", {"knn_acc": 0.5})
     assert main(["leaderboard", "--runs-dir", str(tmp_path)]) == 0
-    assert "| 00_tour | smoke | 0.5 |" in capsys.readouterr().out
+    assert "| 00_tour | smoke |  | 0.5 |" in capsys.readouterr().out
 
 
 def test_run_executes_a_chapter_gathers_the_leaderboard_and_skips_it_next_time(tmp_path, capsys):

@@ -130,13 +130,23 @@ def run(args: argparse.Namespace) -> int:
 
 
 def leaderboard(runs_dir: Path) -> str:
-    """Gather every ``results.json`` under ``runs_dir`` into leaderboard.csv and .md."""
+    """Gather every ``results.json`` under ``runs_dir`` into leaderboard.csv and .md.
+
+    A run gives one row of its top-level numbers and strings, and one more row per nested
+    entry (``{"simclr": {...}, "byol": {...}}``: one row per method), named in the ``entry``
+    column; ``config`` and lists (curves) stay out.
+    """
+    scalar = lambda v: isinstance(v, (int, float, str))
     rows = []
     for path in sorted(runs_dir.glob("*/*/results.json")):
         result = json.loads(path.read_text())
-        row = {"chapter": path.parent.parent.name, "run": path.parent.name}
-        row.update({k: v for k, v in sorted(result.items()) if isinstance(v, (int, float, str)) and k != "chapter"})
-        rows.append(row)
+        run = {"chapter": path.parent.parent.name, "run": path.parent.name}
+        top = {k: v for k, v in sorted(result.items()) if scalar(v) and k != "chapter"}
+        if top:
+            rows.append({**run, "entry": "", **top})
+        for entry, values in sorted(result.items()):
+            if isinstance(values, dict) and entry != "config":
+                rows.append({**run, "entry": entry, **{k: v for k, v in sorted(values.items()) if scalar(v)}})
     if not rows:
         return f"no results.json under {runs_dir}"
     columns = list(dict.fromkeys(k for row in rows for k in row))

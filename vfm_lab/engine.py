@@ -78,7 +78,7 @@ class TrainResult:
 
     @property
     def final_loss(self) -> float:
-        return self.history[-1]["loss"]
+        return next(row["loss"] for row in reversed(self.history) if "loss" in row)  # not an on_epoch_end row
 
 
 def fit(method: nn.Module, data: ImageSet, *, epochs: int, batch_size: int, lr: float,
