@@ -310,3 +310,13 @@ def test_multi_crop_gives_global_then_local_views():
 def test_bad_inputs_raise_value_errors_that_name_the_value(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("recipe", [A.simclr(24), A.byol_view1(24), A.byol_view2(24)])
+def test_views_inside_an_autocast_region_are_the_float32_views(recipe):
+    """Methods build their views inside the engine's autocast: the views must not turn bf16."""
+    x = images()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = recipe(x, gen())
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, recipe(x, gen()))

@@ -331,7 +331,12 @@ class Augment:
         _check_jitter(self.brightness, self.contrast, self.saturation, self.hue)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """x: (B, C, H, W) float in [0, 1]; returns one view (B, C, size, size)."""
+        """x: (B, C, H, W) float in [0, 1]; returns one view (B, C, size, size) in the dtype of x, even
+        inside a method's autocast region (views are inputs, not activations)."""
+        with torch.autocast(x.device.type, enabled=False):
+            return self._apply(x, generator)
+
+    def _apply(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         x = random_resized_crop(x, self.size, self.crop_scale, self.crop_ratio, generator)
         if self.flip_p > 0:
             x = horizontal_flip(x, self.flip_p, generator)
