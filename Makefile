@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SCALE ?= lab
 NBVAL := build/nbval
 
-.PHONY: setup data run test bench lab clean
+.PHONY: setup browser data run test bench lab clean
 
 setup: $(VENV)/.installed
 
@@ -15,16 +15,29 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e ".[test,lab]"
 	touch $@
 
-# Fashion-MNIST for chapter 01 at lab/full scale (Debian package as root, else a checked download).
-data:
+# Debian's Chromium for the JupyterLab browser test (tests/test_browser.py; Playwright drives it, no download).
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v "$$VFM_CHROMIUM" >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	  else \
+	    echo "Chromium is missing; the JupyterLab browser test needs it: sudo apt-get install -y chromium" \
+	         "(Debian/Ubuntu), or set VFM_CHROMIUM to a Chromium or Chrome binary"; \
+	  fi; }
+
+# Fashion-MNIST for chapter 01 at lab/full scale (Debian package as root, else a checked download);
+# the icon sets with text for chapter 02 (checked Debian/npm sources, built once into data/NAME/v1).
+data: setup
 	bash data_scripts/fetch.sh fashion-mnist
+	for icon_set in emoji openmoji openclipart; do bash data_scripts/fetch.sh $$icon_set || exit 1; done
 
 # The main job: every chapter on the built-in data, then one leaderboard (runs/leaderboard.md).
 run: setup data
 	$(BIN)/vfm-lab run all -p scale=$(SCALE)
 
-# Unit, learning and DDP tests, doctests, and every notebook at smoke scale under nbval.
-test: setup
+# Unit, learning and DDP tests, doctests, every notebook at smoke scale under nbval, and 00_tour in
+# JupyterLab in headless Chromium (build/browser/00_tour.png).
+test: setup browser
 	rm -rf $(NBVAL) && mkdir -p $(NBVAL)
 	for nb in notebooks/*.ipynb; do \
 	  name=$$(basename $$nb .ipynb); \
@@ -32,7 +45,9 @@ test: setup
 	done
 	$(BIN)/python -m pytest --nbval-lax vfm_lab tests $(NBVAL)
 
+# Engine overhead, shapes speed, and SSL steps against lightly (installed for the benchmark only).
 bench: setup
+	$(BIN)/pip install -q -c constraints.txt -e ".[bench]"
 	$(BIN)/vfm-lab bench all
 
 # JupyterLab on the chapters.

@@ -74,4 +74,5 @@ def test_a_dying_rank_stops_the_other_without_an_agent(tmp_path):
     assert procs[1].returncode == 17
     assert procs[0].returncode == 3, outs[0][-2000:]  # rank 0 raised (gloo reports the lost peer)
     assert "rank 0 stopped after" in outs[0]
+    assert "PeerStoppedError: rank 1 stopped (or stopped answering) while rank 0 of 2 waited" in outs[0]  # one line
     assert elapsed < 150  # the process-group timeout (120 s) bounds it

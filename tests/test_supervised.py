@@ -20,14 +20,7 @@ from vfm_lab.methods.supervised import (LOSSES, Classifier, CosFaceHead, LinearH
                                         combination_labels)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared busy CPU two OpenMP threads
-    waiting on each other made the training test 10x slower (60 s instead of 5 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py: 10x faster on a busy CPU
 
 
 def features_and_labels(b=12, d=8, k=5, seed=0):

@@ -1,4 +1,4 @@
-"""Benchmarks, as ratios measured in one process (``vfm-lab bench engine|shapes|all``).
+"""Benchmarks, as ratios measured in one process (``vfm-lab bench engine|shapes|ssl|mim|all``).
 
 - engine: seconds per optimizer step of :func:`vfm_lab.engine.fit` against a minimal
   hand-written PyTorch loop (same model, batch, augmentation, optimizer, precision).
@@ -6,17 +6,33 @@
   cost at most 10 %.
 - shapes: images per second of ``shapes`` generation against images per second of a
   training step on them: generation must be far faster than training, so it never slows it.
+- ssl: images per second of a full training step (augmentation included) of SimCLR, BYOL
+  and DINO against the same method written with lightly [0] (its heads, losses, momentum
+  helpers and transforms, in its documented DataLoader pipeline) on the same backbone,
+  batch, view recipes, optimizer and precision; and where the time goes (augmentation
+  against the model's forward, backward and update). Needs ``pip install -e ".[bench]"``.
+- mim: images per second of an MAE training step against a SimMIM step on the same ViT,
+  and of their encoders alone: MAE's encoder runs on the visible quarter of the patches (17 of
+  65 tokens at 32 px with the class token) and a narrow decoder fills in the rest; SimMIM's
+  encoder runs every token, mask tokens included, under a linear head.
+
+- [0] lightly, https://github.com/lightly-ai/lightly (``make bench`` installs it)
 """
 from __future__ import annotations
 
+import copy
 import time
 
 import torch
+from torch import nn
 
+from vfm_lab.augment import Augment
 from vfm_lab.backbones import build_backbone
-from vfm_lab.data import batches, load
+from vfm_lab.data import ImageSet, batches, load
 from vfm_lab.engine import fit
 from vfm_lab.jobs import supervised_augment
+from vfm_lab.methods.mae import MAE
+from vfm_lab.methods.simmim import SimMIM
 from vfm_lab.methods.supervised import Classifier
 from vfm_lab.runtime import autocast, resolve_precision
 
@@ -74,12 +90,218 @@ def bench_shapes(n: int = 4096) -> dict[str, float]:
     return {"shapes_images_per_s": generate, "train_images_per_s": train, "generation_over_training": generate / train}
 
 
+# ---- SSL against lightly -----------------------------------------------------------------
+SSL_BATCH, SSL_STEPS = 128, 8
+
+
+def _ours(name: str, backbone: nn.Module) -> nn.Module:
+    """Our method with heads sized as the lightly counterpart below."""
+    from vfm_lab.methods.byol import BYOL
+    from vfm_lab.methods.dino import DINO
+    from vfm_lab.methods.simclr import SimCLR
+
+    if name == "simclr":
+        return SimCLR(backbone, proj_dim=128, hidden_dim=backbone.embed_dim, temperature=0.5)
+    if name == "byol":
+        return BYOL(backbone, proj_dim=256, hidden_dim=1024)
+    return DINO(backbone, out_dim=4096, hidden_dim=1024, bottleneck_dim=256, n_local=6)
+
+
+def _views(method: nn.Module) -> list[Augment]:
+    if hasattr(method, "global_views"):  # DINO: globals, then the local recipe once per local view
+        return [*method.global_views, *[method.local_view] * method.n_local]
+    return [method.view1, method.view2]
+
+
+def _lightly_view(aug: Augment):
+    """lightly's per-image (PIL) transform with the parameters of one of our view recipes."""
+    from lightly.transforms.dino_transform import DINOViewTransform
+
+    return DINOViewTransform(crop_size=aug.size, crop_scale=aug.crop_scale, hf_prob=aug.flip_p, cj_prob=aug.jitter_p,
+                             cj_strength=1.0, cj_bright=aug.brightness, cj_contrast=aug.contrast,
+                             cj_sat=aug.saturation, cj_hue=aug.hue, random_gray_scale=aug.grayscale_p,
+                             gaussian_blur=aug.blur_p, sigmas=aug.blur_sigma, solarization_prob=aug.solarize_p,
+                             normalize=None)
+
+
+class _LightlyMethod(nn.Module):
+    """The method as lightly's examples write it (examples/pytorch/simclr.py, byol.py, dino.py)."""
+
+    def __init__(self, name: str, backbone: nn.Module):
+        super().__init__()
+        from lightly import loss, models
+
+        m, D = models.modules, backbone.embed_dim
+        self.name, self.backbone = name, backbone
+        if name == "simclr":
+            self.head = m.SimCLRProjectionHead(D, D, 128)
+            self.criterion = loss.NTXentLoss(temperature=0.5)
+        elif name == "byol":
+            self.head = m.BYOLProjectionHead(D, 1024, 256)
+            self.predictor = m.BYOLPredictionHead(256, 1024, 256)
+            self.criterion = loss.NegativeCosineSimilarity()
+        else:
+            self.head = m.DINOProjectionHead(D, 1024, 256, 4096)
+            self.criterion = loss.DINOLoss(output_dim=4096, warmup_teacher_temp_epochs=0)
+        if name != "simclr":  # lightly's DINO head holds a weight_norm, which deepcopy refuses: build it anew
+            self.teacher_backbone = copy.deepcopy(backbone)
+            self.teacher_head = m.DINOProjectionHead(D, 1024, 256, 4096) if name == "dino" else copy.deepcopy(self.head)
+            models.utils.deactivate_requires_grad(self.teacher_backbone)
+            models.utils.deactivate_requires_grad(self.teacher_head)
+
+    def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
+        if self.name == "simclr":
+            z0, z1 = (self.head(self.backbone(v)) for v in views)
+            return self.criterion(z0, z1)
+        with torch.no_grad():
+            targets = [self.teacher_head(self.teacher_backbone(v)) for v in views[:2]]
+        if self.name == "byol":
+            p0, p1 = (self.predictor(self.head(self.backbone(v))) for v in views)
+            return 0.5 * (self.criterion(p0, targets[1]) + self.criterion(p1, targets[0]))
+        return self.criterion(targets, [self.head(self.backbone(v)) for v in views], epoch=0)
+
+    def after_step(self) -> None:
+        if self.name != "simclr":
+            from lightly.models.utils import update_momentum
+
+            update_momentum(self.backbone, self.teacher_backbone, m=0.99)
+            update_momentum(self.head, self.teacher_head, m=0.99)
+
+
+class _PILViews(torch.utils.data.Dataset):
+    def __init__(self, data: ImageSet, views: list):
+        from torchvision.transforms.functional import to_pil_image
+
+        self.images = [to_pil_image(img) for img in data.images]  # decoded once, as a dataset would hold them
+        self.views = views
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> list[torch.Tensor]:
+        return [view(self.images[i]) for view in self.views]
+
+
+def lightly_loop(name: str, data: ImageSet, dtype: torch.dtype, steps: int) -> tuple[float, float]:
+    """lightly's pipeline: per-image PIL transforms in a DataLoader (no workers: this process has the
+    cores), then the step. Returns (seconds per step, seconds per step of the augmentation alone)."""
+    torch.manual_seed(0)
+    model = _LightlyMethod(name, build_backbone("convnet-s", data.channels, SIZE))
+    views = [_lightly_view(a) for a in _views(_ours(name, build_backbone("convnet-s", data.channels, SIZE)))]
+    loader = torch.utils.data.DataLoader(_PILViews(data, views), batch_size=SSL_BATCH, shuffle=True, drop_last=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    device = torch.device("cpu")
+    start = time.perf_counter()
+    for views_batch in loader:
+        with autocast(device, dtype):
+            loss = model(views_batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        model.after_step()
+    total = (time.perf_counter() - start) / steps
+    start = time.perf_counter()
+    for _ in loader:
+        pass
+    return total, (time.perf_counter() - start) / steps
+
+
+def our_loop(name: str, data: ImageSet, steps: int) -> tuple[float, float]:
+    """Our method through the engine (batched augmentation on the training device). Returns
+    (seconds per step, seconds per step of the augmentation alone)."""
+    torch.manual_seed(0)
+    method = _ours(name, build_backbone("convnet-s", data.channels, SIZE))
+    result = fit(method, data, epochs=1, batch_size=SSL_BATCH, lr=1e-3, device="cpu", precision="auto",
+                 progress=False)
+    assert result.steps == steps
+    views = _views(method)
+    start = time.perf_counter()
+    for batch in batches(data, SSL_BATCH, seed=0):
+        [view(batch["image"]) for view in views]
+    return result.seconds / steps, (time.perf_counter() - start) / steps
+
+
+def bench_ssl(methods: tuple[str, ...] = ("simclr", "byol", "dino"), repeats: int = 2) -> dict[str, float]:
+    try:
+        import lightly  # noqa: F401
+    except ImportError:
+        raise SystemExit('the ssl benchmark compares against lightly: pip install -c constraints.txt -e ".[bench]" '
+                         '(make bench does it)') from None
+    dtype = resolve_precision("auto", torch.device("cpu"))
+    data = load("shapes", "train", n=SSL_BATCH * SSL_STEPS, image_size=SIZE)
+    out: dict[str, float] = {}
+    for name in methods:
+        our_loop(name, data.subset(slice(0, SSL_BATCH * 2)), 2)  # warm-up: allocator, kernels
+        ours, theirs = [], []
+        for _ in range(repeats):  # interleaved, best of each: the machine's noise hits both
+            ours.append(our_loop(name, data, SSL_STEPS))
+            theirs.append(lightly_loop(name, data, dtype, SSL_STEPS))
+        (step, aug), (l_step, l_aug) = min(ours), min(theirs)
+        out.update({f"{name}/ours_images_per_s": SSL_BATCH / step, f"{name}/lightly_images_per_s": SSL_BATCH / l_step,
+                    f"{name}/ratio": l_step / step, f"{name}/ours_augment_share": aug / step,
+                    f"{name}/lightly_augment_share": l_aug / l_step})
+    out["threads"] = torch.get_num_threads()
+    return out
+
+
+# ---- MAE against SimMIM ----------------------------------------------------------------------
+def _mim_steps_per_second(method: nn.Module, batch: dict, steps: int, dtype: torch.dtype) -> float:
+    optimizer = torch.optim.AdamW(method.parameters(), lr=1e-4)
+    start = time.perf_counter()
+    for _ in range(steps):
+        with autocast(torch.device("cpu"), dtype):
+            loss = method(batch)["loss"]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return steps / (time.perf_counter() - start)
+
+
+@torch.no_grad()
+def _mim_encoder_per_second(method: nn.Module, images: torch.Tensor, steps: int, dtype: torch.dtype) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+        with autocast(torch.device("cpu"), dtype):
+            if isinstance(method, MAE):
+                method.forward_encoder(images)
+            else:
+                method.predict(images, method.draw_mask(len(images), images.device))
+    return steps / (time.perf_counter() - start)
+
+
+def bench_mim(backbone: str = "vit-nano", batch_size: int = 128, steps: int = 10, repeats: int = 3,
+              precision: str = "auto") -> dict[str, float]:
+    """Images per second of an MAE and a SimMIM training step (and of their encoders alone) on
+    ``backbone`` at 32 px, and MAE's speed-up over SimMIM."""
+    dtype = resolve_precision(precision, torch.device("cpu"))
+    data = load("shapes", "train", n=batch_size, image_size=32)
+    batch = {"image": data.images.float() / 255}
+    torch.manual_seed(0)
+    methods = {"mae": MAE(build_backbone(backbone, 3, 32)), "simmim": SimMIM(build_backbone(backbone, 3, 32))}
+    step = {name: 0.0 for name in methods}
+    encoder = {name: 0.0 for name in methods}
+    for name, method in methods.items():  # warm-up: allocator, kernels
+        _mim_steps_per_second(method, batch, 2, dtype)
+    for _ in range(repeats):
+        for name, method in methods.items():
+            step[name] = max(step[name], batch_size * _mim_steps_per_second(method, batch, steps, dtype))
+            encoder[name] = max(encoder[name], batch_size * _mim_encoder_per_second(method, batch["image"], steps, dtype))
+    return {"mae_train_images_per_s": step["mae"], "simmim_train_images_per_s": step["simmim"],
+            "mae_over_simmim_train": step["mae"] / step["simmim"],
+            "mae_over_simmim_encoder": encoder["mae"] / encoder["simmim"],
+            "backbone": backbone, "precision": str(dtype), "threads": torch.get_num_threads()}
+
+
 def main(what: str = "all") -> int:
     results = {}
     if what in ("engine", "all"):
         results.update(bench_engine())
     if what in ("shapes", "all"):
         results.update(bench_shapes())
+    if what in ("ssl", "all"):
+        results.update(bench_ssl())
+    if what in ("mim", "all"):
+        results.update(bench_mim())
     for k, v in results.items():
         print(f"{k:>28}: {v:.4g}" if isinstance(v, float) else f"{k:>28}: {v}")
     return 0

@@ -5,6 +5,8 @@
     vfm-lab leaderboard                          # gather runs/**/results.json again
     torchrun --standalone --nproc_per_node=2 -m vfm_lab train 01 -p scale=smoke
     vfm-lab bench engine                         # engine overhead vs a hand-written loop
+    vfm-lab bench ssl                            # SimCLR, BYOL, DINO steps vs lightly
+    vfm-lab bench mim                            # MAE vs SimMIM training throughput
 """
 from __future__ import annotations
 
@@ -201,17 +203,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("chapter")
     p.add_argument("-p", "--param", action="append", default=[], help="key=value")
     p.set_defaults(func=train)
-    p = sub.add_parser("bench", help="benchmarks: engine overhead, shapes generation speed")
-    p.add_argument("what", choices=("engine", "shapes", "all"))
+    p = sub.add_parser("bench", help="benchmarks: engine overhead, shapes generation speed, SSL against lightly")
+    p.add_argument("what", choices=("engine", "shapes", "ssl", "mim", "all"))
     p.set_defaults(func=bench)
     args = parser.parse_args(argv)
     from vfm_lab.config import ConfigError
+    from vfm_lab.distributed import PeerStoppedError
 
     try:
         return args.func(args)
     except ConfigError as e:
         print(f"vfm-lab: {e}", file=sys.stderr)
         return 2
+    except PeerStoppedError as e:  # `vfm-lab train` under torchrun: another rank died
+        print(f"vfm-lab: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

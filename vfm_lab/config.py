@@ -120,6 +120,12 @@ class LabConfig:
                 raise ConfigError(f"{f.name}={value!r} is below its minimum {meta['min']} ({meta.get('help', '')})")
             if meta.get("max") is not None and value > meta["max"]:
                 raise ConfigError(f"{f.name}={value!r} is above its maximum {meta['max']} ({meta.get('help', '')})")
+            if isinstance(value, float) and math.isinf(value):
+                raise ConfigError(f"{f.name}={value!r} is not a finite number ({meta.get('help', '')})")
+        try:  # a device this machine lacks (cuda without a GPU), or fp16 on the CPU: refused now, before any work
+            resolve_precision(self.precision, resolve_device(self.device))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if not self.out_dir:  # one folder per distinct config: a rerun resumes, a changed parameter starts anew
             values = {k: v for k, v in self.to_dict().items() if k != "out_dir"}
             digest = hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
@@ -148,6 +154,7 @@ class LabConfig:
 # ---- the chapters -----------------------------------------------------------------------
 from vfm_lab.backbones import BACKBONE_NAMES  # noqa: E402  (after the machinery, which they use)
 from vfm_lab.data import DATASET_NAMES  # noqa: E402
+from vfm_lab.runtime import resolve_device, resolve_precision  # noqa: E402
 
 
 @dataclass
@@ -216,4 +223,155 @@ class SupervisedConfig(TrainConfig):
     transfer_epochs: int = param(1, "fine-tuning epochs on the transfer data set", min=1)
 
 
-CONFIGS: dict[str, type[LabConfig]] = {c.CHAPTER: c for c in (TourConfig, SupervisedConfig)}
+
+@dataclass
+class ClipConfig(TrainConfig):
+    """Chapter 02: language supervision -- CLIP, SigLIP, a locked pretrained text tower, zero-shot, retrieval."""
+
+    CHAPTER: ClassVar[str] = "02_clip"
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "smoke": dict(n_train=512, n_test=256, epochs=2, batch_size=64, compare_epochs=1, scaling_epochs=1,
+                      icon_epochs=1, icon_n_train=512),
+        "lab": dict(n_train=8000, n_test=1000, epochs=10, batch_size=128, compare_epochs=4, scaling_epochs=3,
+                    icon_epochs=10),
+        "full": dict(n_train=100000, n_test=5000, epochs=30, batch_size=512, backbone="resnet18",
+                     text_tower="scratch-b", embed_dim=256, compare_epochs=30, scaling_epochs=10, icon_epochs=30),
+    }
+    lr: float = param(1e-3, "peak AdamW learning rate after warm-up", min=0.0)
+    weight_decay: float = param(0.1, "AdamW weight decay (not on biases, norms and the temperature)", min=0.0)
+    loss: str = param("clip", "clip: softmax over the batch (InfoNCE); siglip: a sigmoid per image-text pair",
+                      choices=("clip", "siglip"))
+    text_tower: str = param("scratch-s", "scratch-s / scratch-b: an open_clip text transformer trained from scratch "
+                            "(CPU / GPU size); minilm-locked: pretrained all-MiniLM-L6-v2, frozen (LiT-style)",
+                            choices=("scratch-s", "scratch-b", "minilm-locked"))
+    embed_dim: int = param(128, "size of the joint image-text embedding", min=8)
+    context_length: int = param(32, "text tokens per caption (shapes captions need at most 31)", min=8, max=77)
+    init_temperature: float = param(0.07, "starting softmax temperature T = 1 / exp(logit_scale), learned (CLIP: 0.07)",
+                                    min=0.01, max=1.0)
+    local_loss: bool = param(True, "under DDP: each rank scores its own images against all gathered texts (open_clip "
+                             "local_loss), instead of every rank computing the whole global matrix")
+    compare_epochs: int = param(1, "epochs of each run in the CLIP vs SigLIP vs LiT comparison", min=1)
+    scaling_epochs: int = param(1, "epochs of each run of the batch-size scaling experiment", min=1)
+    icon_dataset: str = param("emoji", "the real icon set of the last section (none: skip it)",
+                              choices=("none", "emoji", "openmoji", "openclipart"))
+    icon_epochs: int = param(1, "epochs of each run on the icon set", min=1)
+    icon_n_train: int = param(0, "training pairs of the icon set (0 = all of them)", min=0)
+
+
+@dataclass
+class ContrastiveConfig(TrainConfig):
+    """Chapter 03: contrastive self-supervision -- SimCLR, MoCo v2 (queue), MoCo v3 (predictor, no queue)."""
+
+    CHAPTER: ClassVar[str] = "03_contrastive"
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "smoke": dict(n_train=768, n_test=384, epochs=2, batch_size=128, queue_size=512, ablation_epochs=1),
+        "lab": dict(n_train=8000, n_test=2000, epochs=7, batch_size=256, queue_size=4096, ablation_epochs=2),
+        "full": dict(n_train=50000, n_test=10000, epochs=200, batch_size=512, backbone="resnet18",
+                     queue_size=16384, hidden_dim=2048, ablation_epochs=50),
+    }
+    lr: float = param(3e-3, "peak AdamW learning rate after warm-up", min=0.0)
+    method: str = param("simclr", "what the command-line job pre-trains; the notebook trains all three",
+                        choices=("simclr", "moco_v2", "moco_v3"))
+    temperature: float = param(0.2, "softmax temperature of the contrastive loss: lower leans harder on the nearest "
+                               "negatives (SimCLR 0.1-0.5, MoCo 0.2)", min=0.01, max=10.0)
+    proj_dim: int = param(128, "output size of the projection head, the space the loss compares in (papers 128-256)",
+                          min=2)
+    hidden_dim: int = param(512, "hidden width of the projection head and MoCo v3 predictor (papers 2048-4096)",
+                            min=2)
+    queue_size: int = param(4096, "MoCo v2: negatives kept from earlier batches (paper 65536); keep it below n_train, "
+                            "or an image meets its own older key as a negative", min=1)
+    momentum: float = param(0.99, "MoCo key encoder EMA momentum (v2 fixed; v3 rises from it to 1 on a cosine); "
+                            "paper 0.999 for v2, 0.99 for v3; short runs want a faster key encoder", min=0.0, max=1.0)
+    crop_min: float = param(0.3, "smallest crop, as a share of the image area (SimCLR 0.08; on 32 px scenes small crops "
+                            "cut the objects off)", min=0.01, max=1.0)
+    jitter_strength: float = param(0.5, "colour distortion strength s of SimCLR (CIFAR 0.5; 0 = no colour jitter and "
+                                   "no greyscale)", min=0.0, max=2.0)
+    ablation_epochs: int = param(1, "epochs of each run of the collapse, batch-size, queue-size and augmentation "
+                                 "experiments", min=1)
+
+
+@dataclass
+class MIMConfig(TrainConfig):
+    """Chapter 05: masked image modeling -- MAE, SimMIM, MaskFeat (HOG targets), BEiT (visual tokens)."""
+
+    CHAPTER: ClassVar[str] = "05_mim"
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "smoke": dict(n_train=512, n_test=256, epochs=2, batch_size=64, finetune_epochs=1, finetune_n_train=256),
+        "lab": dict(n_train=8000, n_test=2000, epochs=6, batch_size=128, finetune_epochs=3, finetune_n_train=0),
+        "full": dict(n_train=50000, n_test=10000, epochs=200, batch_size=256, backbone="vit-tiny", finetune_epochs=50,
+                     finetune_n_train=0),
+    }
+    backbone: str = param("vit-nano", "a ViT preset (vit-nano on a CPU, vit-tiny on a GPU): masking works on patches",
+                          choices=("vit-nano", "vit-tiny"))
+    lr: float = param(1.5e-3, "peak AdamW learning rate of pre-training (MAE: blr 1.5e-4 x batch 2048 / 256, "
+                      "smaller models take larger steps)", min=0.0)
+    method: str = param("mae", "what the command-line job pre-trains; the notebook trains all four",
+                        choices=("mae", "simmim", "maskfeat", "beit"))
+    mask_ratio: float = param(0.75, "MAE: share of patches hidden from the encoder (paper: 0.75)", min=0.0, max=0.95)
+    mask_token_ratio: float = param(0.6, "SimMIM, MaskFeat, BEiT: share of patches replaced by the mask token "
+                                    "(SimMIM 0.6; MaskFeat and BEiT use 0.4)", min=0.0, max=0.95)
+    mask_block: int = param(2, "SimMIM, MaskFeat, BEiT mask squares of this many patches a side (1 = single patches)",
+                            min=1)
+    decoder_dim: int = param(64, "MAE decoder width (a narrow decoder leaves the work to the encoder)", min=16)
+    decoder_depth: int = param(2, "MAE decoder blocks (the paper shows 1 block already fine-tunes well)", min=1)
+    norm_pix_loss: bool = param(True, "MAE: predict each patch normalised by its own mean and std (sharper features)")
+    hog_bins: int = param(9, "MaskFeat: HOG orientation bins over 180 degrees", min=2)
+    codebook_size: int = param(64, "BEiT: visual tokens in the k-means codebook", min=2)
+    finetune_epochs: int = param(1, "epochs of every fine-tuning run (pre-trained and from scratch alike)", min=1)
+    finetune_n_train: int = param(512, "labelled images for fine-tuning and probes, the first of the training set "
+                                  "(0 = all n_train)", min=0)
+    finetune_lr: float = param(2e-3, "peak learning rate of fine-tuning (pre-trained and from scratch alike)", min=0.0)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.finetune_n_train > self.n_train > 0:
+            raise ConfigError(f"finetune_n_train={self.finetune_n_train} is more than n_train={self.n_train}; "
+                              f"fine-tuning uses the first images of the training set: choose at most {self.n_train}")
+
+
+@dataclass
+class NonContrastiveConfig(TrainConfig):
+    """Chapter 04: non-contrastive self-supervision -- BYOL, SimSiam, DINO; collapse and how each avoids it."""
+
+    CHAPTER: ClassVar[str] = "04_non_contrastive"
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "smoke": dict(n_train=512, n_test=256, epochs=2, batch_size=128, ablation_epochs=1, attention_epochs=1),
+        "lab": dict(n_train=8000, n_test=2000, epochs=7, batch_size=256, ablation_epochs=3, attention_epochs=4),
+        "full": dict(n_train=50000, n_test=10000, epochs=200, batch_size=512, backbone="resnet18", hidden_dim=2048,
+                     proj_dim=256, out_dim=8192, n_local=6, dino_backbone="vit-tiny", ablation_epochs=30,
+                     attention_epochs=100),
+    }
+    lr: float = param(3e-3, "peak AdamW learning rate after warm-up", min=0.0)
+    method: str = param("byol", "what the command-line job pre-trains; the notebook trains all three",
+                        choices=("byol", "simsiam", "dino"))
+    proj_dim: int = param(128, "BYOL and SimSiam: output size of the projector and predictor (BYOL 256, SimSiam 2048)",
+                          min=2)
+    hidden_dim: int = param(512, "hidden width of the projector, predictor and DINO head MLP (papers 2048-4096)", min=2)
+    pred_dim: int = param(64, "SimSiam: bottleneck of the predictor (paper 512, a quarter of proj_dim)", min=1)
+    momentum: float = param(0.99, "BYOL target and DINO teacher EMA momentum at the start, rising to 1 on a cosine "
+                            "(papers 0.996; short runs want a faster target)", min=0.0, max=1.0)
+    out_dim: int = param(1024, "DINO: scores K of the head, the size of the softmax (paper 65536)", min=2)
+    teacher_temp: float = param(0.04, "DINO teacher temperature after warm-up: lower sharpens more; raise towards "
+                                "0.07 if training is unstable (paper 0.04-0.07)", min=0.001, max=10.0)
+    warmup_teacher_temp: float = param(0.04, "DINO teacher temperature at the start of the warm-up", min=0.001,
+                                       max=10.0)
+    teacher_temp_warmup: float = param(0.0, "DINO: share of the steps over which the teacher temperature rises "
+                                       "linearly from warmup_teacher_temp to teacher_temp", min=0.0, max=1.0)
+    student_temp: float = param(0.1, "DINO student temperature (paper 0.1)", min=0.001, max=10.0)
+    center_momentum: float = param(0.9, "DINO center EMA momentum (paper 0.9)", min=0.0, max=1.0)
+    n_local: int = param(2, "DINO local crops per image (paper 6-10); each costs about a quarter of a global view",
+                         min=0)
+    local_size: int = param(16, "DINO local crop side in pixels (paper 96 against 224 for the global crops); ViT "
+                            "backbones take their own image size", min=8)
+    crop_min: float = param(0.3, "smallest crop, as a share of the image area (papers 0.08-0.4; on 32 px scenes small "
+                            "crops cut the objects off)", min=0.01, max=1.0)
+    jitter_strength: float = param(1.0, "scales the colour jitter of each method (1 = the paper, 0 = no colour jitter "
+                                   "and no greyscale)", min=0.0, max=2.0)
+    dino_backbone: str = param("vit-nano", "the ViT that DINO trains for the attention maps",
+                               choices=("vit-nano", "vit-tiny"))
+    attention_epochs: int = param(1, "epochs of the DINO ViT run for the attention maps", min=1)
+    ablation_epochs: int = param(1, "epochs of each run of the collapse and augmentation experiments", min=1)
+
+
+CONFIGS: dict[str, type[LabConfig]] = {c.CHAPTER: c for c in (TourConfig, SupervisedConfig, ClipConfig,
+                                                               ContrastiveConfig, NonContrastiveConfig, MIMConfig)}

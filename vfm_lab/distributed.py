@@ -11,7 +11,10 @@ True
 from __future__ import annotations
 
 import datetime
+import functools
 import os
+import re
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -47,6 +50,39 @@ def init_from_env(device: torch.device, timeout_s: float = 120.0) -> bool:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     return True
+
+
+class PeerStoppedError(RuntimeError):
+    """Another rank died or stopped answering while this one waited for it in a collective."""
+
+
+# what gloo and NCCL say when the other side of a collective is gone or silent
+_LOST_PEER = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "Timed out", "timed out",
+              "gloo", "NCCL")
+_F = TypeVar("_F", bound=Callable)
+
+
+def reports_stopped_peers(fn: _F) -> _F:
+    """Decorator: under DDP, a collective inside ``fn`` that fails because another rank is gone
+    raises one clear :class:`PeerStoppedError` instead of the backend's raw error (kept as its
+    cause). In one process, or for any other error, nothing changes."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RuntimeError as e:
+            lost = isinstance(e, getattr(dist, "DistError", ())) or any(s in str(e) for s in _LOST_PEER)
+            if world_size() == 1 or isinstance(e, PeerStoppedError) or not lost:
+                raise
+            me, world = rank(), world_size()
+            other = f"rank {1 - me}" if world == 2 else "another rank"
+            detail = re.sub(r"^\[[^\]]*\]\s*", "", str(e).strip().splitlines()[0])[:200]  # drop the C++ source path
+            raise PeerStoppedError(f"{other} stopped (or stopped answering) while rank {me} of {world} waited for "
+                                   f"it in a collective; rank {me} stops too. The cause is in {other}'s output "
+                                   f"[{type(e).__name__}: {detail}]") from e
+
+    return wrapper  # type: ignore[return-value]
 
 
 def local_device(device: torch.device) -> torch.device:

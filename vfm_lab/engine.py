@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,7 @@ class TrainResult:
         return next(row["loss"] for row in reversed(self.history) if "loss" in row)  # not an on_epoch_end row
 
 
+@D.reports_stopped_peers  # a rank that dies under torchrun: the others stop with one clear line
 def fit(method: nn.Module, data: ImageSet, *, epochs: int, batch_size: int, lr: float,
         weight_decay: float = 0.05, final_weight_decay: float | None = None, min_lr: float = 0.0,
         warmup_epochs: float = 0.0, grad_accum: int = 1, clip_grad: float = 0.0,
@@ -136,7 +138,7 @@ def fit(method: nn.Module, data: ImageSet, *, epochs: int, batch_size: int, lr: 
     step, sums, count = 0, {}, 0  # sums/count: the metrics of the steps since the last logged row
     seed_everything(seed * 1000 + rank)  # augmentation randomness differs per rank
     if out is not None:
-        _check_writable(out)
+        _check_writable(out, method)
         if resume and (out / CHECKPOINT).exists():
             state = load_checkpoint(out / CHECKPOINT, method, run)
             optimizer.load_state_dict(state["optimizer"])
@@ -271,7 +273,11 @@ def _write_metrics(path: Path, history: list[dict]) -> None:
     atomic_write(path, lambda tmp: tmp.write_text("".join(json.dumps(row) + "\n" for row in history)))
 
 
-def _check_writable(out: Path) -> None:
+def _check_writable(out: Path, method: nn.Module) -> None:
+    """Fail before training when ``out`` is not writable, or has less free space than the
+    checkpoints need at their peak: a new checkpoint is written beside the old one, then
+    renamed over it. Its size: the method's state (weights, buffers, EMA copies, queues)
+    plus AdamW's two moments per trainable parameter."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write_test{os.getpid()}"
@@ -280,4 +286,12 @@ def _check_writable(out: Path) -> None:
     except OSError as e:
         raise OSError(f"cannot write to out_dir={str(out)!r} ({e.strerror}); choose a writable folder "
                       f"with free space") from e
+    size = sum(t.numel() * t.element_size() for t in method.state_dict().values() if torch.is_tensor(t))
+    size += 2 * sum(p.numel() * p.element_size() for p in method.parameters() if p.requires_grad)
+    needed = size * (1 if (out / CHECKPOINT).exists() else 2) + 2**20  # + 1 MiB for metrics.jsonl and pickling
+    free = shutil.disk_usage(out).free
+    if free < needed:
+        raise OSError(f"out_dir={str(out)!r} has {free / 2**20:.1f} MiB free ({free} bytes), but the checkpoints of "
+                      f"this {type(method).__name__} need about {needed / 2**20:.1f} MiB ({needed} bytes); "
+                      f"free some space or choose another out_dir")
 

@@ -161,6 +161,25 @@ def attribute_probes(train_x: torch.Tensor, train_attrs: dict[str, torch.Tensor]
     return out
 
 
+@torch.no_grad()
+def retrieval_recall(queries: torch.Tensor, gallery: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10)
+                     ) -> dict[str, float]:
+    """Recall@k of cross-modal retrieval, ``{"R@k": fraction}``: query ``i`` (N, E) should find
+    gallery item ``i`` (N, E) among its ``k`` most cosine-similar (CLIP sec. 3.1, image->text and
+    text->image). Chance is ``k / N``. Ties count against the query.
+
+    >>> x = torch.eye(4)
+    >>> retrieval_recall(x, x, ks=(1,)), retrieval_recall(x, x.roll(1, 0), ks=(1, 2))
+    ({'R@1': 1.0}, {'R@1': 0.0, 'R@2': 0.0})
+    """
+    if queries.ndim != 2 or queries.shape != gallery.shape:
+        raise ValueError(f"queries and gallery must both be (N, E) with row i matching row i, got "
+                         f"{tuple(queries.shape)} and {tuple(gallery.shape)}")
+    sim = F.normalize(queries.float(), dim=1) @ F.normalize(gallery.float(), dim=1).T  # (N, N)
+    rank = (sim > sim.diag()[:, None]).sum(1) + (sim == sim.diag()[:, None]).sum(1) - 1  # (N,) 0 = first
+    return {f"R@{k}": (rank < k).float().mean().item() for k in ks}
+
+
 def write_results(out_dir: str | os.PathLike, results: dict[str, Any], *, merge: bool = True) -> Path:
     """Write ``results`` to ``out_dir/results.json``; with ``merge`` its top-level keys replace
     those of the file already there and the others stay.

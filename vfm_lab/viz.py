@@ -255,3 +255,51 @@ def views_side_by_side(x: torch.Tensor, view1: torch.Tensor, view2: torch.Tensor
         axes[row, 0].set_ylabel(name)
     fig.tight_layout()
     return fig
+
+
+def similarity_matrix(images: torch.Tensor, sim: torch.Tensor, texts: Sequence[str], title: str = "") -> Figure:
+    """A batch's image-text cosine similarities (N, N), images along the top and captions down the
+    side (CLIP fig. 1): after training the diagonal, each image with its own caption, lights up."""
+    n = len(images)
+    if sim.shape != (n, n) or len(texts) != n:
+        raise ValueError(f"need N images, an (N, N) similarity and N texts; got {n}, {tuple(sim.shape)}, {len(texts)}")
+    fig = plt.figure(figsize=(2.0 + 0.55 * n + 3.5, 0.8 + 0.55 * (n + 1)))
+    plt.close(fig)
+    grid = fig.add_gridspec(2, 1, height_ratios=(1, n), hspace=0.05)
+    top = grid[0].subgridspec(1, n, wspace=0.05)
+    for i in range(n):
+        _show(fig.add_subplot(top[i]), images[i])
+    ax = fig.add_subplot(grid[1])
+    im = ax.imshow(sim.detach().cpu().float().numpy(), cmap="viridis", aspect="auto")
+    ax.set_yticks(range(n), [t if len(t) < 48 else t[:45] + "..." for t in texts], fontsize=7)
+    ax.set_xticks([])
+    # the colour bar sits beside the matrix, so the columns stay under their images
+    fig.colorbar(im, cax=ax.inset_axes((1.02, 0.0, 0.03, 1.0)), label="cosine similarity")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def attention_maps(images: torch.Tensor, maps: torch.Tensor, n: int = 4) -> Figure:
+    """Each image next to its attention maps, one per head (DINO fig. 1 and 3: the class token of a
+    self-supervised ViT attends to the objects). images: (B, C, H, W); maps: (B, heads, h, w), e.g.
+    :func:`vfm_lab.diagnostics.cls_attention`, each head's map drawn over the image (nearest
+    upsampling, normalised per map). Shows the first ``n`` images, one row each."""
+    n = min(n, len(images))
+    if maps.ndim != 4 or len(maps) < n or n < 1:
+        raise ValueError(f"need maps (B, heads, h, w) for at least n={n} images, got {tuple(maps.shape)}")
+    heads, (H, W) = maps.shape[1], images.shape[-2:]
+    fig, axes = _subplots(n, heads + 1, figsize=(1.5 * (heads + 1), 1.5 * n), squeeze=False)
+    up = torch.nn.functional.interpolate(maps[:n].detach().cpu().float(), size=(H, W), mode="nearest")  # (n, h, H, W)
+    for i in range(n):
+        _show(axes[i, 0], images[i])
+        for h in range(heads):
+            m = up[i, h]
+            _show(axes[i, h + 1], images[i])
+            axes[i, h + 1].imshow(((m - m.min()) / (m.max() - m.min()).clamp_min(1e-12)).numpy(), cmap="inferno",
+                                  alpha=0.7)
+            if i == 0:
+                axes[i, h + 1].set_title(f"head {h}", fontsize=8)
+    axes[0, 0].set_title("image", fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -22,7 +22,8 @@ from typing import Any, Iterator
 
 import torch
 
-DATASET_NAMES = ("shapes", "digits", "mnist5k", "fashion-mnist", "cifar10", "imagefolder")
+DATASET_NAMES = ("shapes", "digits", "mnist5k", "fashion-mnist", "cifar10", "imagefolder",
+                 "emoji", "openmoji", "openclipart")
 SPLITS = ("train", "test")
 
 
@@ -99,11 +100,14 @@ def load(name: str, split: str = "train", **kwargs: Any) -> ImageSet:
     ``n``, ``image_size`` and ``seed`` for ``shapes``; ``root`` for file-based sets)."""
     if split not in SPLITS:
         raise ValueError(f"split={split!r} is not a split; choose one of {', '.join(SPLITS)}")
-    from vfm_lab.data import real, shapes
+    import functools
+
+    from vfm_lab.data import icons, real, shapes
 
     loaders = {"shapes": shapes.load, "digits": real.load_digits, "mnist5k": real.load_mnist5k,
                "fashion-mnist": real.load_fashion_mnist, "cifar10": real.load_cifar10,
-               "imagefolder": real.load_imagefolder}
+               "imagefolder": real.load_imagefolder,
+               **{icon_set: functools.partial(icons.load, icon_set) for icon_set in icons.ICON_SETS}}
     if name not in loaders:
         raise ValueError(f"dataset={name!r} is not a data set; choose one of {', '.join(DATASET_NAMES)}")
     return loaders[name](split=split, **kwargs)
