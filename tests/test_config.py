@@ -109,7 +109,8 @@ def test_int_accepted_for_float():
 @pytest.mark.parametrize("cls, key, value, bound", [
     (TourConfig, "epochs", 0, "minimum 1"),
     (TourConfig, "epochs", -3, "minimum 1"),
-    (TourConfig, "lr", -1e-3, "minimum 0.0"),
+    (TourConfig, "lr", -1e-3, "minimum 1e-08"),
+    (TourConfig, "lr", 0.0, "minimum 1e-08"),  # a step size of 0 trains nothing
     (TourConfig, "seed", -1, "minimum 0"),
     (TourConfig, "n_train", -1, "minimum 0"),
     (TourConfig, "image_size", 4, "minimum 8"),

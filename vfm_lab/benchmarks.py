@@ -285,7 +285,8 @@ def bench_mim(backbone: str = "vit-nano", batch_size: int = 128, steps: int = 10
     for _ in range(repeats):
         for name, method in methods.items():
             step[name] = max(step[name], batch_size * _mim_steps_per_second(method, batch, steps, dtype))
-            encoder[name] = max(encoder[name], batch_size * _mim_encoder_per_second(method, batch["image"], steps, dtype))
+            encoder[name] = max(encoder[name],
+                                batch_size * _mim_encoder_per_second(method, batch["image"], steps, dtype))
     return {"mae_train_images_per_s": step["mae"], "simmim_train_images_per_s": step["simmim"],
             "mae_over_simmim_train": step["mae"] / step["simmim"],
             "mae_over_simmim_encoder": encoder["mae"] / encoder["simmim"],

@@ -152,6 +152,7 @@ class LabConfig:
 
 
 # ---- the chapters -----------------------------------------------------------------------
+MIN_LR = 1e-8  # learning rates: a step size of 0 trains nothing
 from vfm_lab.backbones import BACKBONE_NAMES  # noqa: E402  (after the machinery, which they use)
 from vfm_lab.data import DATASET_NAMES  # noqa: E402
 from vfm_lab.runtime import resolve_device, resolve_precision  # noqa: E402
@@ -169,7 +170,7 @@ class TrainConfig(LabConfig):
     n_test: int = param(500, "held-out images for evaluation (0 = all)", min=0)
     epochs: int = param(2, "passes over the training images", min=1)
     batch_size: int = param(128, "images per step and process", min=1)
-    lr: float = param(2e-3, "peak AdamW learning rate after warm-up", min=0.0)
+    lr: float = param(2e-3, "peak AdamW learning rate after warm-up", min=MIN_LR)
     weight_decay: float = param(0.05, "AdamW weight decay (not on biases and norms)", min=0.0)
     warmup_epochs: float = param(0.5, "linear warm-up before the cosine decay", min=0.0)
 
@@ -237,7 +238,7 @@ class ClipConfig(TrainConfig):
         "full": dict(n_train=100000, n_test=5000, epochs=30, batch_size=512, backbone="resnet18",
                      text_tower="scratch-b", embed_dim=256, compare_epochs=30, scaling_epochs=10, icon_epochs=30),
     }
-    lr: float = param(1e-3, "peak AdamW learning rate after warm-up", min=0.0)
+    lr: float = param(1e-3, "peak AdamW learning rate after warm-up", min=MIN_LR)
     weight_decay: float = param(0.1, "AdamW weight decay (not on biases, norms and the temperature)", min=0.0)
     loss: str = param("clip", "clip: softmax over the batch (InfoNCE); siglip: a sigmoid per image-text pair",
                       choices=("clip", "siglip"))
@@ -269,7 +270,7 @@ class ContrastiveConfig(TrainConfig):
         "full": dict(n_train=50000, n_test=10000, epochs=200, batch_size=512, backbone="resnet18",
                      queue_size=16384, hidden_dim=2048, ablation_epochs=50),
     }
-    lr: float = param(3e-3, "peak AdamW learning rate after warm-up", min=0.0)
+    lr: float = param(3e-3, "peak AdamW learning rate after warm-up", min=MIN_LR)
     method: str = param("simclr", "what the command-line job pre-trains; the notebook trains all three",
                         choices=("simclr", "moco_v2", "moco_v3"))
     temperature: float = param(0.2, "softmax temperature of the contrastive loss: lower leans harder on the nearest "
@@ -282,8 +283,8 @@ class ContrastiveConfig(TrainConfig):
                             "or an image meets its own older key as a negative", min=1)
     momentum: float = param(0.99, "MoCo key encoder EMA momentum (v2 fixed; v3 rises from it to 1 on a cosine); "
                             "paper 0.999 for v2, 0.99 for v3; short runs want a faster key encoder", min=0.0, max=1.0)
-    crop_min: float = param(0.3, "smallest crop, as a share of the image area (SimCLR 0.08; on 32 px scenes small crops "
-                            "cut the objects off)", min=0.01, max=1.0)
+    crop_min: float = param(0.3, "smallest crop, as a share of the image area (SimCLR 0.08; on 32 px scenes small "
+                            "crops cut the objects off)", min=0.01, max=1.0)
     jitter_strength: float = param(0.5, "colour distortion strength s of SimCLR (CIFAR 0.5; 0 = no colour jitter and "
                                    "no greyscale)", min=0.0, max=2.0)
     ablation_epochs: int = param(1, "epochs of each run of the collapse, batch-size, queue-size and augmentation "
@@ -304,7 +305,7 @@ class MIMConfig(TrainConfig):
     backbone: str = param("vit-nano", "a ViT preset (vit-nano on a CPU, vit-tiny on a GPU): masking works on patches",
                           choices=("vit-nano", "vit-tiny"))
     lr: float = param(1.5e-3, "peak AdamW learning rate of pre-training (MAE: blr 1.5e-4 x batch 2048 / 256, "
-                      "smaller models take larger steps)", min=0.0)
+                      "smaller models take larger steps)", min=MIN_LR)
     method: str = param("mae", "what the command-line job pre-trains; the notebook trains all four",
                         choices=("mae", "simmim", "maskfeat", "beit"))
     mask_ratio: float = param(0.75, "MAE: share of patches hidden from the encoder (paper: 0.75)", min=0.0, max=0.95)
@@ -320,7 +321,8 @@ class MIMConfig(TrainConfig):
     finetune_epochs: int = param(1, "epochs of every fine-tuning run (pre-trained and from scratch alike)", min=1)
     finetune_n_train: int = param(512, "labelled images for fine-tuning and probes, the first of the training set "
                                   "(0 = all n_train)", min=0)
-    finetune_lr: float = param(2e-3, "peak learning rate of fine-tuning (pre-trained and from scratch alike)", min=0.0)
+    finetune_lr: float = param(2e-3, "peak learning rate of fine-tuning (pre-trained and from scratch alike)",
+                               min=MIN_LR)
 
     def validate(self) -> None:
         super().validate()
@@ -341,7 +343,7 @@ class NonContrastiveConfig(TrainConfig):
                      proj_dim=256, out_dim=8192, n_local=6, dino_backbone="vit-tiny", ablation_epochs=30,
                      attention_epochs=100),
     }
-    lr: float = param(3e-3, "peak AdamW learning rate after warm-up", min=0.0)
+    lr: float = param(3e-3, "peak AdamW learning rate after warm-up", min=MIN_LR)
     method: str = param("byol", "what the command-line job pre-trains; the notebook trains all three",
                         choices=("byol", "simsiam", "dino"))
     proj_dim: int = param(128, "BYOL and SimSiam: output size of the projector and predictor (BYOL 256, SimSiam 2048)",
