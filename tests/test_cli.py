@@ -195,10 +195,12 @@ def test_leaderboard_gathers_every_results_json(tmp_path):
     assert rows[1]["linear_acc"] == "0.75" and rows[2]["cosface_acc"] == "0.8" and rows[2]["knn_acc"] == ""
     assert rows[4]["knn_acc"] == "0.4"  # the curve (a list) stays out
 
-    md = (tmp_path / "leaderboard.md").read_text().splitlines()
-    assert md[0] == "| chapter | run | entry | backbone | knn_acc | steps | linear_acc | cosface_acc |"
-    assert md[1] == "|" + "---|" * 8 and len(md) == 7
-    assert md[2] == "| 00_tour | smoke-a |  | convnet-s | 0.9123 | 40 |  |  |"
+    md = (tmp_path / "leaderboard.md").read_text().splitlines()  # one table per chapter, its own columns
+    assert md[:6] == ["## 00_tour", "", "| run | entry | backbone | knn_acc | steps | linear_acc |", "|" + "---|" * 6,
+                      "| smoke-a |  | convnet-s | 0.9123 | 40 |  |", "| smoke-b |  |  | 0.5 |  | 0.75 |"]
+    assert md[7:11] == ["## 01_supervised", "", "| run | entry | cosface_acc |", "|---|---|---|"]
+    assert md[13:] == ["## 03_contrastive", "", "| run | entry | knn_acc |", "|---|---|---|", "| lab | moco_v3 | 0.3 |",
+                       "| lab | simclr | 0.4 |"]
     assert "\n".join(md) in text and "leaderboard.csv" in text
 
 
@@ -224,7 +226,7 @@ def test_main_run_with_a_bad_parameter_exits_2_before_running(tmp_path, capsys, 
 def test_main_leaderboard(tmp_path, capsys):
     write_result(tmp_path, "00_tour", "smoke", {"knn_acc": 0.5})
     assert main(["leaderboard", "--runs-dir", str(tmp_path)]) == 0
-    assert "| 00_tour | smoke |  | 0.5 |" in capsys.readouterr().out
+    assert "## 00_tour" in (out := capsys.readouterr().out) and "| smoke |  | 0.5 |" in out
 
 
 def test_run_executes_a_chapter_gathers_the_leaderboard_and_skips_it_next_time(tmp_path, capsys):

@@ -136,7 +136,8 @@ def leaderboard(runs_dir: Path) -> str:
 
     A run gives one row of its top-level numbers and strings, and one more row per nested
     entry (``{"simclr": {...}, "byol": {...}}``: one row per method), named in the ``entry``
-    column; ``config`` and lists (curves) stay out.
+    column; ``config`` and lists (curves) stay out. The CSV holds every row and column; the
+    Markdown has one table per chapter with only the columns that chapter fills.
     """
     scalar = lambda v: isinstance(v, (int, float, str))
     rows = []
@@ -157,9 +158,14 @@ def leaderboard(runs_dir: Path) -> str:
         writer.writeheader()
         writer.writerows(rows)
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
-    table = "\n".join(lines)
+    sections = []  # the Markdown has one table per chapter, with the columns that chapter fills
+    for chapter in dict.fromkeys(row["chapter"] for row in rows):
+        mine = [row for row in rows if row["chapter"] == chapter]
+        cols = [c for c in columns if c != "chapter" and any(c in row for row in mine)]
+        lines = [f"## {chapter}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(fmt(row.get(c, "")) for c in cols) + " |" for row in mine]
+        sections.append("\n".join(lines))
+    table = "\n\n".join(sections)
     (runs_dir / "leaderboard.md").write_text(table + "\n")
     return f"{table}\n\n(written to {runs_dir / 'leaderboard.csv'} and leaderboard.md)"
 
