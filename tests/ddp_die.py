@@ -4,8 +4,6 @@ import os
 import sys
 import time
 
-import torch
-
 from tests.toy import LinearToy, toy_data
 from vfm_lab.engine import fit
 

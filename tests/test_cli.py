@@ -204,6 +204,14 @@ def test_leaderboard_gathers_every_results_json(tmp_path):
     assert "\n".join(md) in text and "leaderboard.csv" in text
 
 
+def test_leaderboard_orders_runs_by_the_numbers_in_their_names(tmp_path):
+    for batch in (128, 32, 256, 64):
+        write_result(tmp_path, "02_clip", f"lab-batch_size={batch}", {"batch_size": batch})
+    leaderboard(tmp_path)
+    with open(tmp_path / "leaderboard.csv", newline="") as f:
+        assert [int(r["batch_size"]) for r in csv.DictReader(f)] == [32, 64, 128, 256]
+
+
 def test_leaderboard_without_results_writes_nothing(tmp_path):
     assert "no results.json" in leaderboard(tmp_path)
     assert list(tmp_path.iterdir()) == []

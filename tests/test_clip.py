@@ -8,15 +8,24 @@ import torch
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss, SigLipLoss
 
+from types import SimpleNamespace
+
+import numpy as np
+from torch import nn
+
 from tests.test_distributed import ROOT, torchrun
+from tests.test_real_data import write_idx
 from vfm_lab.backbones import build_backbone
+from vfm_lab.cli import expand_grid, plan_runs
 from vfm_lab.config import ClipConfig, ConfigError
-from vfm_lab.data import load
+from vfm_lab.data import DataMissingError, load
+from vfm_lab.data.icons import ICON_SETS
 from vfm_lab.engine import fit
 from vfm_lab.evaluate import retrieval_recall
-from vfm_lab.jobs import build_clip, clip_metrics, shapes_templates
-from vfm_lab.methods.clip import (MAX_LOGIT_SCALE, ClipModel, embed_images, embed_texts, symmetric_infonce,
-                                  tokenize, zero_shot_predict)
+from vfm_lab.jobs import (build_clip, clip_metrics, fashion_zero_shot, format_table, icon_sets, shapes_templates,
+                          table_row)
+from vfm_lab.methods.clip import (MAX_LOGIT_SCALE, TEMPLATES, ClipModel, embed_images, embed_texts,
+                                  symmetric_infonce, tokenize, zero_shot_predict)
 
 
 def unit(*shape, seed=0):
@@ -204,3 +213,76 @@ def test_metrics_have_chance_levels_and_shapes_templates():
     assert len(shapes_templates()) == 15 and len(shapes_templates(colours=True)) == 120
     assert all(t.count("{}") == 1 for t in shapes_templates(colours=True))
     assert embed_images(model, test.images).shape == embed_texts(model, test.captions).shape == (16, 16)
+
+
+# ---- Fashion-MNIST zero-shot, the icon sets, the comparison tables, the batch sweep ---------------
+class GreyLevelModel(nn.Module):
+    """A stand-in for a trained CLIP that embeds an image as the one-hot of its grey level (0, 25, ..., 225
+    after inversion: class y) and class k of the prompts as the one-hot k: perfect on the fake data below
+    exactly when the images are inverted and the labels line up with the prompt names."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = SimpleNamespace(image_size=16, in_chans=3)
+        self.logit_scale = nn.Parameter(torch.zeros(()))
+        self.names = None
+
+    def encode_image(self, x):  # (B, 3, 16, 16) in [0, 1]
+        assert x.shape[1:] == (3, 16, 16)
+        return F.one_hot((x.mean((1, 2, 3)) * 255 / 25).round().long().clamp(0, 9), 10).float()  # (B, 10)
+
+    def classifier(self, names, templates):
+        assert templates == TEMPLATES
+        self.names = list(names)
+        return torch.eye(len(names))  # (K, K)
+
+
+def test_fashion_zero_shot_inverts_names_the_classes_and_scores_against_chance(tmp_path):
+    labels = np.arange(30, dtype=np.uint8) % 10
+    images = np.repeat((255 - 25 * labels)[:, None, None], 28, 1).repeat(28, 2)  # (30, 28, 28): light = class 0
+    for prefix in ("train", "t10k"):
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    model = GreyLevelModel()
+    out = fashion_zero_shot(model, root=str(tmp_path))
+    assert out == {"fmnist_zs_acc": 1.0, "fmnist_zs_chance": 0.1}
+    assert model.names[0] == "t-shirt or top" and model.names[9] == "ankle boot" and len(model.names) == 10
+    assert fashion_zero_shot(model, invert=False, root=str(tmp_path))["fmnist_zs_acc"] == pytest.approx(0.1)
+    assert fashion_zero_shot(model, n=10, root=str(tmp_path))["fmnist_zs_acc"] == 1.0
+    with pytest.raises(DataMissingError, match="fetch.sh fashion-mnist"):
+        fashion_zero_shot(model, root=str(tmp_path / "nowhere"))
+
+
+def test_fashion_zero_shot_on_the_real_test_set():
+    try:
+        load("fashion-mnist", "test", n=1)
+    except DataMissingError:
+        pytest.skip("Fashion-MNIST is not here (bash data_scripts/fetch.sh fashion-mnist)")
+    out = fashion_zero_shot(small_model(), n=40)
+    assert out["fmnist_zs_chance"] == 0.1 and 0.0 <= out["fmnist_zs_acc"] <= 1.0
+
+
+def test_icon_sets_and_tables():
+    assert icon_sets(ClipConfig.from_params(icon_dataset="all")) == ICON_SETS
+    assert icon_sets(ClipConfig.from_params(icon_dataset="none")) == ()
+    assert icon_sets(ClipConfig.from_params(icon_dataset="openmoji")) == ("openmoji",)
+    with pytest.raises(ConfigError, match="'all'"):
+        ClipConfig.from_params(icon_dataset="everything")
+    rows = {"clip": table_row({"t2i_R@1": 0.5, "zs_heldout_acc": 0.25, "zs_heldout_chance": 0.125, "loss": 1.0}),
+            "siglip": {"t2i_R@1": 0.375}}
+    assert rows["clip"] == {"t2i_R@1": 0.5, "zs_heldout_acc": 0.25, "zs_heldout_chance": 0.125}
+    lines = format_table(rows).splitlines()
+    assert lines[0].split() == ["clip", "siglip"] and lines[1].split() == ["t2i_R@1", "0.5", "0.375"]
+    assert lines[3].split() == ["zs_heldout_chance", "0.125"]
+
+
+def test_the_batch_size_sweep_plans_one_valid_run_per_batch_size(tmp_path):
+    """`vfm-lab run 02 --grid sweeps/02_clip_batch.yaml -p scale=smoke` (a real run of the grid takes
+    minutes: the notebook once per batch size); here its plan, validated as the runner does first."""
+    grid = expand_grid(ROOT / "sweeps" / "02_clip_batch.yaml")
+    plans = plan_runs(["02_clip"], {"scale": "smoke"}, grid, tmp_path)
+    sizes = [params["batch_size"] for _, params, _ in plans]
+    assert len(sizes) >= 2 and sizes == sorted(set(sizes))
+    assert len({out for _, _, out in plans}) == len(plans)
+    assert all(f"batch_size={b}" in out.name for b, (_, _, out) in zip(sizes, plans))
+    assert all(b <= ClipConfig.from_params(scale="smoke").n_train for b in sizes)

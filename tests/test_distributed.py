@@ -6,7 +6,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 from tests.toy import LinearToy, toy_data
@@ -48,6 +47,17 @@ def test_command_line_training_job_under_torchrun(tmp_path):
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["world_size"] == 2 and results["chapter"] == "01_supervised"
     assert 0.0 <= results["test_acc"] <= 1.0 and results["knn_acc"] > 0.0
+
+
+def test_pretrain_then_finetune_job_under_torchrun(tmp_path):
+    """`torchrun -m vfm_lab train 05`: pre-training and both fine-tunings (scratch, MAE) run DDP on both ranks
+    (fine-tuning on rank 0 alone would leave it waiting for rank 1 inside DDP), and rank 0 writes the table."""
+    proc = torchrun(["-m", "vfm_lab", "train", "05", "-p", "scale=smoke", "-p", "n_train=256", "-p", "n_test=128",
+                     "-p", "finetune_n_train=128", "-p", "batch_size=32", "-p", f"out_dir={tmp_path / 'run'}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["mae"]["world_size"] == 2 and {"scratch", "mae"} <= set(results)
+    assert all(0.0 <= results[k]["finetune_acc"] <= 1.0 for k in ("scratch", "mae"))
 
 
 def test_a_dying_rank_stops_the_others_under_torchrun(tmp_path):

@@ -13,11 +13,13 @@ from vfm_lab.backbones import PIXEL_MEAN, PIXEL_STD, build_backbone
 from vfm_lab.config import ConfigError, MIMConfig
 from vfm_lab.data import load
 from vfm_lab.engine import fit
+from vfm_lab.evaluate import layer_decay_scale
 from vfm_lab.jobs import MIM_METHODS, build_mim
 from vfm_lab.methods.beit import BEiT, PatchTokenizer
-from vfm_lab.methods.mae import MAE, masked_mean, patchify, random_masking, reconstruction_vs_mean_patch, unpatchify
+from vfm_lab.methods.mae import MAE, patchify, random_masking, reconstruction_vs_mean_patch, unpatchify
 from vfm_lab.methods.maskfeat import MaskFeat, hog_cells, hog_picture, hog_targets
 from vfm_lab.methods.simmim import SimMIM, block_mask, encode_with_mask_tokens
+from vfm_lab.methods.supervised import Classifier
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
@@ -332,6 +334,12 @@ def test_config_and_builder():
         MIMConfig.from_params(n_train=100, batch_size=32, finetune_n_train=200)
     with pytest.raises(ConfigError, match="vit-nano"):
         MIMConfig.from_params(backbone="convnet-s")
+    assert MIMConfig.from_params(scale="lab").layer_decay == 1.0  # measured: decay slows lab fine-tuning
+    assert MIMConfig.from_params(scale="full").layer_decay == 0.75
+    assert MIMConfig.from_params(method="all", layer_decay=0.65).method == "all"
+    for bad in (0.0, 1.5):
+        with pytest.raises(ConfigError, match="layer_decay"):
+            MIMConfig.from_params(layer_decay=bad)
 
 
 # ---- learning -----------------------------------------------------------------------------------
@@ -349,3 +357,70 @@ def test_mae_learns_to_beat_the_mean_patch_on_held_out_images():
     assert after["mean_patch_loss"] == pytest.approx(before["mean_patch_loss"])  # same masks, same baseline
     assert after["mae_loss"] < 0.8 * after["mean_patch_loss"], after
     assert after["mae_loss"] < 0.8 * before["mae_loss"]
+
+
+# ---- fine-tuning with layer-wise learning-rate decay --------------------------------------------
+def test_layer_decay_scale_follows_the_blocks():
+    model = Classifier(vit(), 8)  # vit-nano: 4 blocks, so L = 5
+    scale = layer_decay_scale(model, 0.5)
+    for name, _ in model.named_parameters():
+        if "patch_embed" in name or name.endswith(("cls_token", "pos_embed")):
+            assert scale(name) == 0.5 ** 5, name
+        elif ".blocks." in name:
+            assert scale(name) == 0.5 ** (4 - int(name.split(".blocks.")[1].split(".")[0])), name
+        else:  # final norm and head
+            assert scale(name) == 1.0, name
+    with pytest.raises(ValueError, match="layer_decay"):
+        layer_decay_scale(model, 0.0)
+    with pytest.raises(ValueError, match="ViT"):
+        layer_decay_scale(Classifier(build_backbone("convnet-s", 3, 32), 8), 0.7)
+
+
+def test_the_engine_trains_each_parameter_at_its_scaled_learning_rate():
+    """Adam's first step moves every parameter with a gradient by exactly lr (the bias-corrected
+    m / sqrt(v) is the gradient's sign): with layer decay, by lr * decay ** (L - layer)."""
+    data = load("shapes", "train", n=16, image_size=32)
+    model = Classifier(vit(), data.num_classes)
+    model.lr_scale = layer_decay_scale(model, 0.5)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fit(model, data, epochs=1, batch_size=16, lr=1e-2, weight_decay=0.0, device="cpu", precision="fp32",
+        progress=False)
+    for name, p in model.named_parameters():
+        step = (p.detach() - before[name]).abs().max().item()
+        assert step == pytest.approx(1e-2 * model.lr_scale(name), rel=1e-3), name
+
+
+@pytest.mark.slow
+def test_the_job_with_method_all_writes_one_table(tmp_path):
+    """``vfm-lab train 05 -p method=all``: the four pre-trained backbones and the scratch one, each with
+    kNN, linear probe and fine-tuning, in one results.json."""
+    import json
+
+    from vfm_lab.jobs import train_mim
+
+    cfg = MIMConfig.from_params(scale="smoke", method="all", n_train=64, n_test=32, epochs=1, batch_size=32,
+                                finetune_n_train=32, finetune_epochs=1, device="cpu", precision="fp32",
+                                out_dir=str(tmp_path))
+    results = train_mim(cfg)
+    assert list(results) == ["scratch", *MIM_METHODS]
+    for name, row in results.items():
+        assert {"knn_acc", "linear_acc", "finetune_acc"} <= set(row), name
+        assert ("pretrain_seconds" in row) == (name != "scratch")
+    assert {"mae_loss", "mean_patch_loss"} <= set(results["mae"])
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written["scratch"] == results["scratch"] and written["config"]["method"] == "all"
+
+
+def test_finetune_draws_the_head_from_its_seed_not_from_the_callers_random_state():
+    """Pre-trained and scratch backbones fine-tuned with one seed start from the same head, whatever
+    ran before (pre-training, probes): the comparison differs in the backbone only."""
+    from vfm_lab.evaluate import finetune
+
+    data = load("shapes", "train", n=32, image_size=32)
+    runs = []
+    for seed in (0, 1):
+        backbone = vit()
+        torch.manual_seed(seed)  # whatever state the caller's random stream is in
+        runs.append(finetune(backbone, data, data, epochs=1, batch_size=16, seed=3, device="cpu", precision="fp32",
+                             progress=False)["model"])
+    assert torch.equal(runs[0].head.fc.weight, runs[1].head.fc.weight)

@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tests.toy import short_ssl_run
 from vfm_lab import viz
 from vfm_lab.backbones import Backbone, build_backbone
 from vfm_lab.config import NonContrastiveConfig
 from vfm_lab.data import load
 from vfm_lab.diagnostics import collapse_report
 from vfm_lab.engine import fit
-from vfm_lab.evaluate import extract_features, knn_accuracy
 from vfm_lab.jobs import build_non_contrastive
 from vfm_lab.methods.byol import BYOL, BYOLLoss
 from vfm_lab.methods.dino import DINO, DINOHead, DINOLoss
@@ -336,23 +336,11 @@ def test_collapse_ablations_collapse_and_the_monitor_flags_them(name, scenes):
 
 
 # ---- learning -----------------------------------------------------------------------------
-def attribute_knn(backbone, train, test, name):
-    (train_x, _), (test_x, _) = extract_features(backbone, train), extract_features(backbone, test)
-    return knn_accuracy(train_x, train.attributes[name], test_x, test.attributes[name], k=20)
-
-
 def test_a_short_byol_run_beats_the_random_backbone():
     """BYOL on 1,024 shapes scenes at 16 px for 96 steps: the kNN accuracy of the frozen backbone on the
     position, colour and size of the main object rises above the same network at initialisation.
     (The shape class itself needs longer runs: at this budget it stays at the random backbone's level.)"""
-    names = ("position", "colour", "size")
-    train, test = load("shapes", "train", n=1024, image_size=16), load("shapes", "test", n=500, image_size=16)
-    torch.manual_seed(0)
-    backbone = build_backbone("convnet-s", 3, 16)
-    before = {a: attribute_knn(backbone, train, test, a) for a in names}
     cfg = NonContrastiveConfig.from_params(scale="smoke", local_size=8)
-    model = build_non_contrastive(cfg, backbone, "byol", proj_dim=64, hidden_dim=256)
-    fit(model, train, epochs=6, batch_size=64, lr=3e-3, warmup_epochs=0.5, device="cpu", progress=False)
-    after = {a: attribute_knn(model.backbone, train, test, a) for a in names}
+    before, after = short_ssl_run(lambda b: build_non_contrastive(cfg, b, "byol", proj_dim=64, hidden_dim=256))
     assert after["position"] > before["position"] + 0.03, (before, after)
     assert sum(after.values()) > sum(before.values()) + 0.06, (before, after)

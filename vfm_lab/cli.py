@@ -15,6 +15,7 @@ import ast
 import csv
 import itertools
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -69,6 +70,11 @@ def expand_grid(path: Path) -> list[dict[str, Any]]:
         values = [v if isinstance(v, list) else [v] for v in grid.values()]
         return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
     raise SystemExit(f"{path}: a grid is a mapping of lists or a list of mappings")
+
+
+def natural_key(path: Path) -> list[Any]:
+    """Sort key that reads digit runs as numbers: ``lab-batch_size=32`` before ``lab-batch_size=128``."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
 
 
 def run_name(params: dict[str, Any]) -> str:
@@ -141,7 +147,7 @@ def leaderboard(runs_dir: Path) -> str:
     """
     scalar = lambda v: isinstance(v, (int, float, str))
     rows = []
-    for path in sorted(runs_dir.glob("*/*/results.json")):
+    for path in sorted(runs_dir.glob("*/*/results.json"), key=natural_key):  # batch_size=32 before =128
         result = json.loads(path.read_text())
         run = {"chapter": path.parent.parent.name, "run": path.parent.name}
         top = {k: v for k, v in sorted(result.items()) if scalar(v) and k != "chapter"}

@@ -232,7 +232,7 @@ class ClipConfig(TrainConfig):
     CHAPTER: ClassVar[str] = "02_clip"
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": dict(n_train=512, n_test=256, epochs=2, batch_size=64, compare_epochs=1, scaling_epochs=1,
-                      icon_epochs=1, icon_n_train=512),
+                      icon_epochs=1, icon_n_train=512, fmnist_n_test=1000),
         "lab": dict(n_train=8000, n_test=1000, epochs=10, batch_size=128, compare_epochs=4, scaling_epochs=3,
                     icon_epochs=10),
         "full": dict(n_train=100000, n_test=5000, epochs=30, batch_size=512, backbone="resnet18",
@@ -253,10 +253,13 @@ class ClipConfig(TrainConfig):
                              "local_loss), instead of every rank computing the whole global matrix")
     compare_epochs: int = param(1, "epochs of each run in the CLIP vs SigLIP vs LiT comparison", min=1)
     scaling_epochs: int = param(1, "epochs of each run of the batch-size scaling experiment", min=1)
-    icon_dataset: str = param("emoji", "the real icon set of the last section (none: skip it)",
-                              choices=("none", "emoji", "openmoji", "openclipart"))
+    icon_dataset: str = param("emoji", "the real icon set(s) of the last section: CLIP vs LiT on held-out categories "
+                              "and Fashion-MNIST (all: the three; none: skip it)",
+                              choices=("none", "emoji", "openmoji", "openclipart", "all"))
     icon_epochs: int = param(1, "epochs of each run on the icon set", min=1)
     icon_n_train: int = param(0, "training pairs of the icon set (0 = all of them)", min=0)
+    fmnist_n_test: int = param(0, "Fashion-MNIST test images for the zero-shot of the icon models (0 = all 10,000)",
+                               min=0)
 
 
 @dataclass
@@ -297,17 +300,19 @@ class MIMConfig(TrainConfig):
 
     CHAPTER: ClassVar[str] = "05_mim"
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "smoke": dict(n_train=512, n_test=256, epochs=2, batch_size=64, finetune_epochs=1, finetune_n_train=256),
-        "lab": dict(n_train=8000, n_test=2000, epochs=6, batch_size=128, finetune_epochs=3, finetune_n_train=0),
+        "smoke": dict(n_train=512, n_test=256, epochs=2, batch_size=64, finetune_epochs=1, finetune_n_train=256,
+                      layer_decay=1.0),
+        "lab": dict(n_train=8000, n_test=2000, epochs=6, batch_size=128, finetune_epochs=3, finetune_n_train=0,
+                    layer_decay=1.0),
         "full": dict(n_train=50000, n_test=10000, epochs=200, batch_size=256, backbone="vit-tiny", finetune_epochs=50,
-                     finetune_n_train=0),
+                     finetune_n_train=0, layer_decay=0.75),
     }
     backbone: str = param("vit-nano", "a ViT preset (vit-nano on a CPU, vit-tiny on a GPU): masking works on patches",
                           choices=("vit-nano", "vit-tiny"))
     lr: float = param(1.5e-3, "peak AdamW learning rate of pre-training (MAE: blr 1.5e-4 x batch 2048 / 256, "
                       "smaller models take larger steps)", min=MIN_LR)
-    method: str = param("mae", "what the command-line job pre-trains; the notebook trains all four",
-                        choices=("mae", "simmim", "maskfeat", "beit"))
+    method: str = param("mae", "what the command-line job pre-trains (all: the four, one table); the notebook "
+                        "trains all four", choices=("mae", "simmim", "maskfeat", "beit", "all"))
     mask_ratio: float = param(0.75, "MAE: share of patches hidden from the encoder (paper: 0.75)", min=0.0, max=0.95)
     mask_token_ratio: float = param(0.6, "SimMIM, MaskFeat, BEiT: share of patches replaced by the mask token "
                                     "(SimMIM 0.6; MaskFeat and BEiT use 0.4)", min=0.0, max=0.95)
@@ -323,6 +328,9 @@ class MIMConfig(TrainConfig):
                                   "(0 = all n_train)", min=0)
     finetune_lr: float = param(2e-3, "peak learning rate of fine-tuning (pre-trained and from scratch alike)",
                                min=MIN_LR)
+    layer_decay: float = param(1.0, "fine-tuning: block i of L trains at lr x layer_decay^(L - i) (MAE 0.65-0.75, "
+                               "BEiT 0.65); 1 = off. It pays after long pre-training; after minutes it slows learning",
+                               min=0.05, max=1.0)
 
     def validate(self) -> None:
         super().validate()
@@ -373,6 +381,11 @@ class NonContrastiveConfig(TrainConfig):
                                choices=("vit-nano", "vit-tiny"))
     attention_epochs: int = param(1, "epochs of the DINO ViT run for the attention maps", min=1)
     ablation_epochs: int = param(1, "epochs of each run of the collapse and augmentation experiments", min=1)
+    clip_grad: float = param(3.0, "largest gradient norm per step (0 = no clipping; DINO's code clips at 3: a sharp "
+                             "teacher can make rare huge gradients)", min=0.0)
+
+    def train_kwargs(self) -> dict[str, Any]:
+        return {**super().train_kwargs(), "clip_grad": self.clip_grad}
 
 
 CONFIGS: dict[str, type[LabConfig]] = {c.CHAPTER: c for c in (TourConfig, SupervisedConfig, ClipConfig,

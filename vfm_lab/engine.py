@@ -2,7 +2,9 @@
 
 A method is an ``nn.Module`` whose ``forward(batch)`` returns a dict with ``loss``
 (plus any scalars it wants logged). If it has ``after_step(step, total_steps)``, the
-engine calls it after every optimizer step (EMA teachers, temperature schedules).
+engine calls it after every optimizer step (EMA teachers, temperature schedules); if it
+has ``lr_scale(parameter_name)``, that parameter's learning rate is the schedule's times
+this factor (layer-wise lr decay for fine-tuning, MAE's ``param_groups_lrd``).
 Everything else -- AdamW with per-step warm-up + cosine schedules for the learning
 rate and weight decay, mixed precision, gradient accumulation and clipping, atomic
 checkpoints and exact resume, a non-finite-loss guard, progress bars, a metrics log,
@@ -123,11 +125,14 @@ def fit(method: nn.Module, data: ImageSet, *, epochs: int, batch_size: int, lr: 
     if sync_batchnorm:
         method = D.convert_sync_batchnorm(method, device)
     method.to(device)
-    decay, no_decay = [], []
-    for p in method.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)  # no decay on biases and norm scales
-    optimizer = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    lr_scale = getattr(method, "lr_scale", lambda name: 1.0)  # optional: parameter name -> lr multiplier
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {(True, 1.0): [], (False, 1.0): []}
+    for name, p in method.named_parameters():
+        if p.requires_grad:  # no decay on biases and norm scales
+            groups.setdefault((p.ndim > 1, float(lr_scale(name))), []).append(p)
+    optimizer = torch.optim.AdamW([{"params": ps, "decay": decay, "lr_scale": scale,
+                                    "weight_decay": weight_decay if decay else 0.0}
+                                   for (decay, scale), ps in groups.items() if ps or scale == 1.0], lr=lr)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     out = Path(out_dir) if out_dir else None
@@ -158,8 +163,9 @@ def fit(method: nn.Module, data: ImageSet, *, epochs: int, batch_size: int, lr: 
                         start=in_epoch * grad_accum, device=device)
         for _ in range(per_epoch - in_epoch):
             for g in optimizer.param_groups:
-                g["lr"] = schedules["lr"][step]
-            optimizer.param_groups[0]["weight_decay"] = schedules["wd"][step]
+                g["lr"] = schedules["lr"][step] * g["lr_scale"]
+                if g["decay"]:
+                    g["weight_decay"] = schedules["wd"][step]
             for i in range(grad_accum):
                 batch = next(micro)
                 sync = i == grad_accum - 1 or world == 1

@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -253,15 +253,57 @@ def accuracy(classifier: nn.Module, data: ImageSet, target: torch.Tensor | None 
 
 
 def finetune(backbone: Backbone, train: ImageSet, test: ImageSet, *, epochs: int, batch_size: int = 128,
-             lr: float = 1e-3, augment: Any = None, **fit_kw: Any) -> dict[str, Any]:
+             lr: float = 1e-3, augment: Any = None, layer_decay: float = 1.0, **fit_kw: Any) -> dict[str, Any]:
     """Fine-tune a copy of ``backbone`` with a new linear head and cross-entropy on
     ``train``: ``{"test_acc", "train_seconds", "model"}``. ``fit_kw`` goes to
     :func:`vfm_lab.engine.fit` (device, precision, seed, out_dir, ...). The backbone
-    passed in is left untouched, so the same pre-trained weights can be probed too."""
-
-    model = Classifier(copy.deepcopy(backbone), train.num_classes, "ce", augment=augment)
+    passed in is left untouched, so the same pre-trained weights can be probed too.
+    ``layer_decay`` < 1 (ViTs only) gives the lower blocks smaller learning rates
+    (:func:`layer_decay_scale`), as BEiT and MAE fine-tune. The new head is drawn from
+    ``fit_kw["seed"]``, so two backbones fine-tuned with one seed start from the same head:
+    only the backbones differ."""
+    with torch.random.fork_rng(devices=[]):  # leaves the caller's random stream as it was
+        torch.manual_seed(fit_kw.get("seed", 0))
+        model = Classifier(copy.deepcopy(backbone), train.num_classes, "ce", augment=augment)
+    if layer_decay != 1.0:
+        model.lr_scale = layer_decay_scale(model, layer_decay)  # read by the engine's optimizer
     result = fit(model, train, epochs=epochs, batch_size=batch_size, lr=lr, **fit_kw)
     return {"test_acc": accuracy(model, test), "train_seconds": result.seconds, "model": model}
+
+
+def layer_decay_scale(model: nn.Module, decay: float) -> Callable[[str], float]:
+    """Layer-wise learning-rate decay for fine-tuning a ViT (BEiT, Bao et al., 2021, arXiv:2106.08254,
+    sec. 2.6; MAE's ``util/lr_decay.py``): the patch embedding, class token and position embedding
+    are layer 0, block ``i`` is layer ``i + 1``, the final norm and the head layer ``L = depth + 1``;
+    a parameter of layer ``l`` trains at ``decay ** (L - l)`` times the learning rate. The blocks
+    that pre-training shaped most generally (the lowest) move least. Returns ``name -> factor``
+    for ``model.named_parameters()``, the form :func:`vfm_lab.engine.fit` reads from ``lr_scale``.
+
+    >>> from vfm_lab.backbones import build_backbone
+    >>> scale = layer_decay_scale(Classifier(build_backbone("vit-nano"), 10), 0.5)   # depth 4, L = 5
+    >>> [scale(n) for n in ("backbone.model.cls_token", "backbone.model.blocks.0.attn.qkv.weight",
+    ...                     "backbone.model.blocks.3.mlp.fc2.bias", "backbone.model.norm.weight", "head.fc.weight")]
+    [0.03125, 0.0625, 0.5, 1.0, 1.0]
+    """
+    if not 0.0 < decay <= 1.0:
+        raise ValueError(f"layer_decay={decay} must be in (0, 1]: 1 trains every layer at the same rate")
+    blocks = [m for m in model.modules() if hasattr(m, "blocks") and hasattr(m, "patch_embed")]
+    if len(blocks) != 1:
+        raise ValueError(f"layer_decay={decay} needs a model with one ViT (vit-nano, vit-tiny); "
+                         f"use layer_decay=1.0 for a {type(model).__name__} without one")
+    top = len(blocks[0].blocks) + 1  # L: final norm and head
+
+    def scale(name: str) -> float:
+        block = re.search(r"(?:^|\.)blocks\.(\d+)\.", name)
+        if block:
+            layer = int(block.group(1)) + 1
+        elif re.search(r"(?:^|\.)(cls_token|pos_embed|patch_embed|reg_token)(?:\.|$)", name):
+            layer = 0
+        else:
+            layer = top
+        return decay ** (top - layer)
+
+    return scale
 
 
 def _check_pairs(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor) -> None:

@@ -88,14 +88,22 @@ class MoCoV3Loss(nn.Module):
         _check_temperature(temperature)
         self.temperature = temperature
 
+    @staticmethod
+    def labels(batch_size: int, rank: int, device: torch.device | None = None) -> torch.Tensor:
+        """The positive of each of this rank's queries among the keys of all ranks: its own block.
+
+        >>> MoCoV3Loss.labels(2, rank=1).tolist()   # keys [rank 0: 0, 1 | rank 1: 2, 3]
+        [2, 3]
+        """
+        return torch.arange(batch_size, device=device) + rank * batch_size
+
     def forward(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         if q.ndim != 2 or q.shape != k.shape:
             raise ValueError(f"queries {tuple(q.shape)} and keys {tuple(k.shape)} must both be (B, K)")
         q, k = F.normalize(q.float(), dim=-1), F.normalize(k.float(), dim=-1)  # (B, K)
         keys = D.gather(k.detach())  # (N, K): every rank's keys, rank order
         logits = q @ keys.T / self.temperature  # (B, N)
-        labels = torch.arange(len(q), device=q.device) + D.rank() * len(q)  # (B,) positives: this rank's block
-        return 2 * self.temperature * F.cross_entropy(logits, labels)
+        return 2 * self.temperature * F.cross_entropy(logits, self.labels(len(q), D.rank(), q.device))
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:

@@ -5,7 +5,8 @@ rank) and reports, for the test to compare with one process on the whole batch:
 (1) the positive labels NT-Xent and MoCo v3 use on this rank; (2) NT-Xent's loss and the
 gradient that reaches this rank's embeddings through ``gather_with_grad``; (3) the gradients
 of a DDP-wrapped linear encoder trained with NT-Xent and with MoCo v3's symmetric loss
-(DDP averages them over ranks); (4) MoCo v2's queue after enqueueing both ranks' keys.
+(DDP averages them over ranks); (4) MoCo v2's queue after enqueueing both ranks' keys;
+(5) DINO's loss and center after one step on this rank's half of the teacher and student scores.
 """
 import json
 import sys
@@ -15,6 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 from vfm_lab import distributed as D
+from vfm_lab.methods.dino import DINOLoss
 from vfm_lab.methods.moco import MoCoV3Loss
 from vfm_lab.methods.simclr import NTXentLoss
 
@@ -60,7 +62,7 @@ def main(out: str) -> None:
                 k1, k2 = keys(x1[mine]), keys(x2[mine])
             criterion = MoCoV3Loss(temperature=0.2)
             loss = criterion(q1, k2) + criterion(q2, k1)
-            report["mocov3_labels"] = (torch.arange(B) + rank * B).tolist()
+            report["mocov3_labels"] = MoCoV3Loss.labels(B, rank).tolist()
         loss.backward()
         report[f"{name}_ddp_grad"] = [model.module.weight.grad.tolist(), model.module.bias.grad.tolist()]
 
@@ -74,6 +76,13 @@ def main(out: str) -> None:
     moco.enqueue(keys[mine])
     report["queue_ptr"] = int(moco.queue_ptr)
     report["queue_head"] = moco.queue[:world * B].tolist()
+
+    # (5) DINO: the center is the mean teacher score over every rank's images (eq. 4)
+    student, teacher = global_batch(6, 4, world * B, K), global_batch(7, 2, world * B, K)  # (V, N, K)
+    dino = DINOLoss(K, center_momentum=0.5)
+    mean_loss = dino(student[:, mine], teacher[:, mine]).detach()
+    dist.all_reduce(mean_loss)
+    report["dino_loss"], report["dino_center"] = float(mean_loss) / world, dino.center.tolist()
     with open(f"{out}/rank{rank}.json", "w") as f:
         json.dump(report, f)
     dist.destroy_process_group()

@@ -1,0 +1,94 @@
+"""What the chapters' jobs share: the data a config names, the supervised views, and self-supervised
+pre-training with the frozen-backbone evaluation every SSL chapter reports (:func:`pretrain`)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from vfm_lab import distributed as D
+from vfm_lab.augment import Augment, weak
+from vfm_lab.backbones import Backbone, build_backbone
+from vfm_lab.config import TrainConfig
+from vfm_lab.data import ImageSet, batches, load
+from vfm_lab.diagnostics import OnlineKNN, collapse_report
+from vfm_lab.engine import fit
+from vfm_lab.evaluate import evaluate_backbone, write_results
+from vfm_lab.runtime import resolve_device, seed_everything
+
+
+def load_splits(cfg: TrainConfig) -> tuple[ImageSet, ImageSet]:
+    """The train and test sets a config names (``n = 0``: all of a real data set; real
+    sets keep their own resolution, ``shapes`` is drawn at ``cfg.image_size``)."""
+    kw: dict[str, Any] = {"seed": cfg.seed}
+    if cfg.dataset == "shapes":
+        kw["image_size"] = cfg.image_size
+    return (load(cfg.dataset, "train", n=cfg.n_train or None, **kw),
+            load(cfg.dataset, "test", n=cfg.n_test or None, **kw))
+
+
+def supervised_augment(size: int) -> Augment:
+    """Horizontal flips only: the label (the primary shape, a digit's class, a garment) and
+    the object's position stay intact. On ``shapes`` at lab scale, crops of 50-100 % cost
+    more accuracy (objects cut off) than they bring in a few epochs."""
+    return Augment(size, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), jitter_p=0.0, grayscale_p=0.0)
+
+
+@torch.no_grad()
+def embed_two_views(method: nn.Module, data: ImageSet, batch_size: int = 256, seed: int = 0
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``method.embed`` of every image of ``data`` as it is and under a weak augmentation (flip and
+    a mild crop): two views (N, K) on the CPU for :func:`vfm_lab.diagnostics.collapse_report`."""
+    device = next(method.parameters()).device
+    view = weak(data.image_size)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    was_training = method.training
+    method.eval()
+    try:
+        pairs = [(method.embed(b["image"]).float().cpu(), method.embed(view(b["image"], generator)).float().cpu())
+                 for b in batches(data, batch_size, shuffle=False, drop_last=False, device=device)]
+    finally:
+        method.train(was_training)
+    return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+
+
+def random_init_baseline(cfg: TrainConfig) -> dict[str, float]:
+    """The frozen-feature evaluation of ``cfg.backbone`` at initialisation, drawn as :func:`pretrain` draws it:
+    the baseline every self-supervised number is read against. Written to ``results.json`` as
+    ``random_init`` (rank 0; ``{}`` on the others), so the leaderboard shows it next to the methods."""
+    seed_everything(cfg.seed)
+    train, test = load_splits(cfg)
+    backbone = build_backbone(cfg.backbone, train.channels, train.image_size).to(resolve_device(cfg.device))
+    if not D.is_main():
+        return {}
+    metrics = evaluate_backbone(backbone, train, test)
+    write_results(cfg.out_dir, {"chapter": cfg.CHAPTER, "config": cfg.to_dict(), "random_init": metrics})
+    return metrics
+
+
+def pretrain(cfg: TrainConfig, make_method: Callable[[Backbone], nn.Module], name: str
+             ) -> tuple[nn.Module, dict[str, float]]:
+    """Self-supervised pre-training, then the frozen-backbone evaluation every SSL chapter reports.
+
+    Seeds, builds ``cfg.backbone`` and ``make_method(backbone)``, trains it on the train split into
+    ``cfg.out_dir/name`` (a rerun resumes) with online kNN after every epoch, then measures kNN, the
+    linear probe and the attribute probes of ``method.backbone`` and the collapse monitor on
+    ``method.embed`` of the test images. The metrics go to ``results.json`` under ``name``.
+    Returns the trained method and its flat metrics (``{}`` on ranks other than 0).
+    """
+    seed_everything(cfg.seed)
+    train, test = load_splits(cfg)
+    method = make_method(build_backbone(cfg.backbone, train.channels, train.image_size))
+    result = fit(method, train, out_dir=Path(cfg.out_dir) / name, on_epoch_end=OnlineKNN(method.backbone, train, test),
+                 **cfg.train_kwargs())
+    if not D.is_main():
+        return method, {}
+    collapse = collapse_report(*embed_two_views(method, test, seed=cfg.seed))
+    knn_curve = [row["knn_acc"] for row in result.history if "knn_acc" in row]
+    metrics = {"train_seconds": result.seconds, "final_loss": result.final_loss, "world_size": D.world_size(),
+               "online_knn": knn_curve, **evaluate_backbone(method.backbone, train, test),
+               **{f"collapse/{k}": v for k, v in collapse.items()}}
+    write_results(cfg.out_dir, {"chapter": cfg.CHAPTER, "config": cfg.to_dict(), name: metrics})
+    return method, metrics

@@ -1,0 +1,99 @@
+"""Chapters 03 and 04: contrastive (SimCLR, MoCo) and non-contrastive (BYOL, SimSiam, DINO) pre-training."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from torch import nn
+
+from vfm_lab import augment as A
+from vfm_lab.augment import Augment
+from vfm_lab.backbones import Backbone
+from vfm_lab.config import ContrastiveConfig, NonContrastiveConfig
+from vfm_lab.jobs.common import pretrain, random_init_baseline
+from vfm_lab.methods.byol import BYOL
+from vfm_lab.methods.dino import DINO
+from vfm_lab.methods.moco import MoCoV2, MoCoV3
+from vfm_lab.methods.simclr import SimCLR
+from vfm_lab.methods.simsiam import SimSiam, simsiam_views
+
+
+# ---- chapter 03: contrastive self-supervision --------------------------------------------
+def tuned_views(aug: Augment, crop_min: float | None, jitter_strength: float) -> Augment:
+    """A method's view recipe with crops of ``crop_min``-100 % (None: its own crop range) and its
+    colour jitter scaled by ``jitter_strength`` (0: no colour jitter and no greyscale)."""
+    s = jitter_strength
+    return dataclasses.replace(aug, crop_scale=aug.crop_scale if crop_min is None else (crop_min, 1.0),
+                               brightness=aug.brightness * s, contrast=aug.contrast * s,
+                               saturation=aug.saturation * s, hue=min(aug.hue * s, 0.5),
+                               jitter_p=aug.jitter_p if s > 0 else 0.0, grayscale_p=aug.grayscale_p if s > 0 else 0.0)
+
+
+def contrastive_views(size: int, crop_min: float, jitter_strength: float) -> Augment:
+    """SimCLR's CIFAR recipe (crop, flip, colour distortion of strength s: jitter with p = 0.8 and
+    greyscale with p = 0.2; no blur) with crops of ``crop_min``-100 % of the image."""
+    return tuned_views(A.simclr(size, blur_p=0.0), crop_min, jitter_strength)
+
+
+def build_contrastive(cfg: ContrastiveConfig, backbone: Backbone, method: str | None = None,
+                      **overrides: Any) -> nn.Module:
+    """``cfg.method`` (or ``method``) on ``backbone`` with the config's hyper-parameters and views;
+    ``overrides`` replace constructor arguments (``queue_size=...``, ``augment=...``)."""
+    method = method or cfg.method
+    builders = {"simclr": SimCLR, "moco_v2": MoCoV2, "moco_v3": MoCoV3}
+    if method not in builders:
+        raise ValueError(f"method={method!r} is not a contrastive method; choose one of {', '.join(builders)}")
+    kw: dict[str, Any] = dict(proj_dim=cfg.proj_dim, hidden_dim=cfg.hidden_dim, temperature=cfg.temperature,
+                              augment=contrastive_views(backbone.image_size, cfg.crop_min, cfg.jitter_strength))
+    if method == "moco_v2":
+        kw.update(queue_size=cfg.queue_size, momentum=cfg.momentum)
+    if method == "moco_v3":
+        kw.update(momentum=cfg.momentum, proj_layers=2)  # 2 layers for a convnet, as the paper's ResNet
+    return builders[method](backbone, **{**kw, **overrides})
+
+
+def train_contrastive(cfg: ContrastiveConfig) -> dict[str, float]:
+    """The random backbone (:func:`random_init_baseline`), then ``cfg.method`` pre-trained with :func:`pretrain`
+    (results under the method's name)."""
+    random_init_baseline(cfg)
+    return pretrain(cfg, lambda backbone: build_contrastive(cfg, backbone), cfg.method)[1]
+
+
+# ---- chapter 04: non-contrastive self-supervision -----------------------------------------
+NON_CONTRASTIVE = ("byol", "simsiam", "dino")
+
+
+def build_non_contrastive(cfg: NonContrastiveConfig, backbone: Backbone, method: str | None = None,
+                          **overrides: Any) -> nn.Module:
+    """BYOL, SimSiam or DINO (``cfg.method`` or ``method``) on ``backbone`` with the config's
+    hyper-parameters and each paper's views, cropped and jittered as the config says;
+    ``overrides`` replace constructor arguments (``predictor=False``, ``centering=False``, ...)."""
+    method, size = method or cfg.method, backbone.image_size
+    views = lambda *augs: tuple(tuned_views(a, cfg.crop_min, cfg.jitter_strength) for a in augs)  # noqa: E731
+    if method == "byol":
+        kw = dict(proj_dim=cfg.proj_dim, hidden_dim=cfg.hidden_dim, momentum=cfg.momentum,
+                  augment=views(A.byol_view1(size), A.byol_view2(size)))
+        return BYOL(backbone, **{**kw, **overrides})
+    if method == "simsiam":
+        kw = dict(proj_dim=cfg.proj_dim, pred_dim=cfg.pred_dim,
+                  augment=tuned_views(simsiam_views(size), cfg.crop_min, cfg.jitter_strength))
+        return SimSiam(backbone, **{**kw, **overrides})
+    if method == "dino":
+        convnet = backbone.patch_size is None
+        local_size = cfg.local_size if convnet else size  # a timm ViT preset takes one image size
+        kw = dict(out_dim=cfg.out_dim, hidden_dim=cfg.hidden_dim, bottleneck_dim=min(256, cfg.hidden_dim),
+                  use_bn_in_head=convnet,  # without BN the head of a small convnet drifts to a uniform teacher
+                  teacher_temp=cfg.teacher_temp, warmup_teacher_temp=cfg.warmup_teacher_temp,
+                  teacher_temp_warmup=cfg.teacher_temp_warmup, student_temp=cfg.student_temp,
+                  center_momentum=cfg.center_momentum, momentum=cfg.momentum, n_local=cfg.n_local,
+                  local_size=local_size, augment=views(*A.dino_global(size)),
+                  local_augment=tuned_views(A.dino_local(local_size), None, cfg.jitter_strength))
+        return DINO(backbone, **{**kw, **overrides})
+    raise ValueError(f"method={method!r} is not a non-contrastive method; choose one of {', '.join(NON_CONTRASTIVE)}")
+
+
+def train_non_contrastive(cfg: NonContrastiveConfig) -> dict[str, float]:
+    """The random backbone (:func:`random_init_baseline`), then ``cfg.method`` pre-trained with :func:`pretrain`
+    (results under the method's name)."""
+    random_init_baseline(cfg)
+    return pretrain(cfg, lambda backbone: build_non_contrastive(cfg, backbone), cfg.method)[1]
