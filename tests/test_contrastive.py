@@ -7,16 +7,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tests.test_distributed import ROOT, torchrun
 from tests.toy import short_ssl_run
 from vfm_lab import augment as A
 from vfm_lab.backbones import build_backbone
@@ -27,9 +24,6 @@ from vfm_lab.jobs import build_contrastive, train_contrastive
 from vfm_lab.methods.dino import DINOLoss
 from vfm_lab.methods.moco import InfoNCELoss, MoCoV2, MoCoV3, MoCoV3Loss
 from vfm_lab.methods.simclr import NTXentLoss, SimCLR, projection_mlp, two_views
-
-ROOT = Path(__file__).resolve().parent.parent
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
@@ -230,10 +224,7 @@ def test_methods_train_under_the_engine_with_bf16_autocast_and_take_the_given_vi
 
 # ---- many processes ----------------------------------------------------------------------
 def test_two_processes_use_per_rank_labels_and_match_one_process(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(ROOT / "tests" / "ddp_ssl.py"), str(tmp_path)]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    proc = torchrun([str(ROOT / "tests" / "ddp_ssl.py"), str(tmp_path)], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     B, K, world = 4, 5, 2
