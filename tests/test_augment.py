@@ -31,6 +31,7 @@ OPS = {
     "grayscale": lambda x, g: A.random_grayscale(x, p=0.5, generator=g),
     "blur": lambda x, g: A.gaussian_blur(x, p=0.5, generator=g),
     "solarize": lambda x, g: A.solarize(x, p=0.5, generator=g),
+    "tone": lambda x, g: A.tone_curve(x, p=0.5, generator=g),
     "simclr": lambda x, g: A.simclr(24)(x, g),
     "byol_view2": lambda x, g: A.byol_view2(24)(x, g),
 }
@@ -68,11 +69,13 @@ def test_global_rng_state_restored_reproduces_the_views():
     assert not torch.equal(first, second)
 
 
-@pytest.mark.parametrize("op", ["crop", "jitter", "blur", "simclr"])
+@pytest.mark.parametrize("op", ["crop", "jitter", "tone", "blur", "simclr"])
 def test_parameters_are_drawn_per_sample(op):
     x = images(b=1).expand(8, -1, -1, -1).contiguous()  # one image, eight times
     if op == "jitter":
         y = A.color_jitter(x, p=1.0, generator=gen())
+    elif op == "tone":
+        y = A.tone_curve(x, p=1.0, generator=gen())
     elif op == "blur":
         y = A.gaussian_blur(x, p=1.0, generator=gen())
     else:
@@ -81,11 +84,11 @@ def test_parameters_are_drawn_per_sample(op):
 
 
 @pytest.mark.parametrize("op, p", [("flip", 0.5), ("jitter", 0.8), ("grayscale", 0.2), ("blur", 0.5),
-                                   ("solarize", 0.2)])
+                                   ("solarize", 0.2), ("tone", 0.7)])
 def test_each_op_touches_a_fraction_p_of_the_samples(op, p):
     x = images(b=2000, h=4, w=4)
     fn = {"flip": A.horizontal_flip, "jitter": A.color_jitter, "grayscale": A.random_grayscale,
-          "blur": A.gaussian_blur, "solarize": A.solarize}[op]
+          "blur": A.gaussian_blur, "solarize": A.solarize, "tone": A.tone_curve}[op]
     y = fn(x, p=p, generator=gen())
     touched = (y != x).flatten(1).any(1).float().mean().item()
     assert abs(touched - p) < 0.05  # binomial sd <= 0.011
@@ -100,6 +103,7 @@ def test_p_zero_is_the_identity_for_every_op(c):
     assert torch.equal(A.random_grayscale(x, p=0.0), x)
     assert torch.equal(A.gaussian_blur(x, p=0.0), x)
     assert torch.equal(A.solarize(x, p=0.0), x)
+    assert torch.equal(A.tone_curve(x, p=0.0), x)
 
 
 def test_flip_p1_mirrors_every_image():
@@ -121,6 +125,33 @@ def test_solarize_reference_formula():
     x = images()
     y = A.solarize(x, threshold=0.3, p=1.0)
     assert torch.equal(y, torch.where(x >= 0.3, 1 - x, x))
+
+
+@pytest.mark.parametrize("points", [2, 4, 7])
+def test_tone_curve_matches_numpy_interp_through_its_control_values(points):
+    """Per image and channel: np.interp through the control values the op drew from the same stream."""
+    np = pytest.importorskip("numpy")
+    x = images(b=4, h=6, w=5)
+    y = A.tone_curve(x, points=points, p=1.0, generator=gen(3))
+    table = torch.rand(4, 3, points, generator=gen(3))  # the op's first draw
+    knots = np.linspace(0.0, 1.0, points)
+    for b in range(4):
+        for c in range(3):
+            want = np.interp(x[b, c].numpy().astype("float64"), knots, table[b, c].numpy().astype("float64"))
+            np.testing.assert_allclose(y[b, c].numpy(), want, atol=1e-6)
+
+
+def test_tone_curve_keeps_which_pixels_share_a_colour_and_breaks_colour_relations():
+    """Two flat regions (an object on a background): the outline survives every curve, but whether the
+    object is brighter than the background in a channel is a coin flip per view."""
+    x = torch.full((4000, 3, 4, 4), 0.3)
+    x[:, :, 1:3, 1:3] = 0.6  # the object: brighter than its background in every channel
+    y = A.tone_curve(x, p=1.0, generator=gen())
+    inside, outside = y[:, :, 1, 1], y[:, :, 0, 0]  # (B, C)
+    assert torch.equal(y[:, :, 1:3, 1:3], inside[:, :, None, None].expand(-1, -1, 2, 2))
+    assert torch.equal(y[:, :, 0, :], outside[:, :, None].expand(-1, -1, 4))
+    brighter = (inside > outside).float().mean().item()
+    assert abs(brighter - 0.5) < 0.05  # colour jitter would keep it at 1.0
 
 
 def test_blur_with_tiny_sigma_is_the_identity():
@@ -304,6 +335,9 @@ def test_multi_crop_gives_global_then_local_views():
     (lambda: A.Augment(size=16, blur_p=2.0), "blur_p=2.0"),
     (lambda: A.Augment(size=16, crop_scale=(0.9, 0.1)), r"crop_scale=\(0.9, 0.1\)"),
     (lambda: A.Augment(size=16, hue=0.6), "hue=0.6"),
+    (lambda: A.Augment(size=16, tone_p=1.2), "tone_p=1.2"),
+    (lambda: A.Augment(size=16, tone_points=1), "points=1"),
+    (lambda: A.tone_curve(torch.rand(2, 3, 8, 8), points=2.5), "points=2.5"),
     (lambda: A.multi_crop(torch.rand(2, 3, 8, 8), [A.weak(8)], A.weak(4), n_local=-1), "n_local=-1"),
     (lambda: A.multi_crop(torch.rand(2, 3, 8, 8), A.weak(8), A.weak(4), n_local=2), "global_augs=Augment"),
 ])

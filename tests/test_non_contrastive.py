@@ -281,11 +281,15 @@ def test_attention_maps_plot_one_panel_per_head_and_image():
 
 
 def test_the_chapter_builds_each_method_with_its_views():
-    cfg = NonContrastiveConfig.from_params(scale="smoke", crop_min=0.5, jitter_strength=0.0)
+    cfg = NonContrastiveConfig.from_params(scale="smoke", crop_min=0.5, jitter_strength=0.0, tone_p=1.0)
     byol = build_non_contrastive(cfg, tiny_backbone(), "byol")
     assert byol.view1.crop_scale == (0.5, 1.0) and byol.view1.jitter_p == 0 and byol.view2.solarize_p == 0.2
+    assert byol.view1.tone_p == byol.view2.tone_p == 1.0
     dino = build_non_contrastive(cfg, build_backbone("convnet-s", 3, 32), "dino")
     assert dino.local_view.size == cfg.local_size and dino.local_view.crop_scale == (0.05, 0.4)
+    assert dino.local_view.tone_p == 1.0
+    papers = build_non_contrastive(NonContrastiveConfig.from_params(scale="smoke"), tiny_backbone(), "simsiam")
+    assert papers.view1.tone_p == 0.0 and papers.view1.jitter_p == 0.8 and papers.view1.hue == 0.1  # the default
     assert isinstance(dino.head.mlp[1], nn.BatchNorm1d)  # convnets get BatchNorm in the DINO head
     vit_dino = build_non_contrastive(cfg, build_backbone("vit-nano", 3, 32), "dino")
     assert vit_dino.local_view.size == 32 and not any(isinstance(m, nn.BatchNorm1d) for m in vit_dino.head.mlp)

@@ -22,7 +22,7 @@ sample; crop boxes, jitter factors and blur sigmas must differ per sample, and i
 functions take each as one Python number per call, so we write those ops here.
 
 Ops: :func:`random_resized_crop`, :func:`horizontal_flip`, :func:`color_jitter`,
-:func:`random_grayscale`, :func:`gaussian_blur`, :func:`solarize`; the recipe
+:func:`random_grayscale`, :func:`tone_curve`, :func:`gaussian_blur`, :func:`solarize`; the recipe
 :class:`Augment` composes them, :func:`simclr`, :func:`byol_view1`, :func:`byol_view2`,
 :func:`dino_global`, :func:`dino_local`, :func:`weak` and :func:`none` name the published
 recipes, and :func:`multi_crop` makes DINO's global and local views.
@@ -87,6 +87,11 @@ def _check_jitter(brightness: float, contrast: float, saturation: float, hue: fl
             raise ValueError(f"{name}={value!r} is out of range; choose a value >= 0 (0 turns it off)")
     if not 0.0 <= hue <= 0.5:
         raise ValueError(f"hue={hue!r} is out of range; choose a value in [0, 0.5] (a fraction of a turn)")
+
+
+def _check_points(points: int) -> None:
+    if not isinstance(points, int) or isinstance(points, bool) or points < 2:
+        raise ValueError(f"tone curve points={points!r} must be an int >= 2 (control values of the curve)")
 
 
 def _rand(shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
@@ -280,6 +285,39 @@ def gaussian_blur(x: torch.Tensor, sigma: tuple[float, float] = (0.1, 2.0), p: f
     return _select(apply, y.view(B, C, H, W), x)
 
 
+def tone_curve(x: torch.Tensor, points: int = 4, p: float = 1.0,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random tone curve per image and channel, with probability ``p``: each channel value
+    v in [0, 1] goes through the piecewise-linear curve with ``points`` control values drawn
+    uniform in [0, 1] at v = 0, 1/(points - 1), ..., 1.
+
+    Colour jitter moves every colour of an image together (a brightness factor, a rotation of
+    the hue), so the relation between colours survives it: a red object on a blue background
+    stays "warmer than its background" in both views, and that is enough to tell a scene from
+    the others in a batch. A contrastive loss then learns the colours and suppresses the
+    harder shape features (feature suppression: Chen et al., 2021, "Intriguing Properties of
+    Contrastive Losses", section 4, arXiv:2011.02803). A random curve can invert, fold or flatten
+    each channel on its own, so the colours of the two views, and their relations, are
+    unrelated; what survives is which pixels share a colour: the outlines. Solarisation is one
+    fixed curve of this family (identity below 0.5, inverted above).
+
+    >>> x = torch.rand(2, 3, 8, 8)
+    >>> torch.equal(tone_curve(x, p=0.0), x), tone_curve(x, points=2, p=1.0).shape
+    (True, torch.Size([2, 3, 8, 8]))
+    """
+    _check_images(x)
+    _check_p("p", p)
+    _check_points(points)
+    B, C, H, W = x.shape
+    table = _rand((B, C, points), generator).to(x.device, x.dtype)  # (B, C, P) curve values at the control points
+    position = x.clamp(0, 1).flatten(2) * (points - 1)  # (B, C, HW) where each value falls on the curve
+    left = position.floor().clamp_(max=points - 2)  # (B, C, HW) index of the control point to its left
+    frac = position - left  # (B, C, HW) in [0, 1]
+    lo = table.gather(2, left.long())  # (B, C, HW)
+    hi = table.gather(2, left.long() + 1)  # (B, C, HW)
+    return _select(_coin(p, x, generator), torch.lerp(lo, hi, frac).view(B, C, H, W), x)
+
+
 def solarize(x: torch.Tensor, threshold: float = 0.5, p: float = 0.2,
              generator: torch.Generator | None = None) -> torch.Tensor:
     """Invert the pixels at or above ``threshold`` (x -> 1 - x), with probability ``p``
@@ -298,8 +336,8 @@ def solarize(x: torch.Tensor, threshold: float = 0.5, p: float = 0.2,
 # ---------------------------------------------------------------- recipes
 @dataclass
 class Augment:
-    """A view recipe: crop, flip, colour jitter, greyscale, blur, solarise, in that order
-    (SimCLR appendix A, BYOL table 6). Ops with probability 0 are skipped and draw nothing.
+    """A view recipe: crop, flip, colour jitter, greyscale, tone curve, blur, solarise, in that
+    order (SimCLR appendix A, BYOL table 6; the tone curve is ours, for synthetic scenes). Ops with probability 0 are skipped and draw nothing.
 
     >>> aug = Augment(size=16, blur_p=1.0)
     >>> aug(torch.rand(2, 3, 32, 32)).shape
@@ -316,6 +354,8 @@ class Augment:
     hue: float = 0.1  # shift uniform in [-h, h] of a turn, at most 0.5; SimCLR 0.2 s
     jitter_p: float = 0.8  # probability of the colour jitter
     grayscale_p: float = 0.2  # probability of turning grey
+    tone_p: float = 0.0  # probability of a random tone curve per channel (:func:`tone_curve`)
+    tone_points: int = 4  # control values of the tone curve
     blur_p: float = 0.0  # probability of a Gaussian blur; BYOL 1.0 / 0.1 for the two views
     blur_sigma: tuple[float, float] = (0.1, 2.0)  # blur sigma range in pixels
     solarize_p: float = 0.0  # probability of solarising; BYOL 0.0 / 0.2 for the two views
@@ -326,8 +366,9 @@ class Augment:
         _check_range("crop_scale", self.crop_scale, upper=1.0)
         _check_range("crop_ratio", self.crop_ratio)
         _check_range("blur_sigma", self.blur_sigma)
-        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
+        for name in ("flip_p", "jitter_p", "grayscale_p", "tone_p", "blur_p", "solarize_p"):
             _check_p(name, getattr(self, name))
+        _check_points(self.tone_points)
         _check_jitter(self.brightness, self.contrast, self.saturation, self.hue)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -344,6 +385,8 @@ class Augment:
             x = color_jitter(x, self.brightness, self.contrast, self.saturation, self.hue, self.jitter_p, generator)
         if self.grayscale_p > 0:
             x = random_grayscale(x, self.grayscale_p, generator)
+        if self.tone_p > 0:
+            x = tone_curve(x, self.tone_points, self.tone_p, generator)
         if self.blur_p > 0:
             x = gaussian_blur(x, self.blur_sigma, self.blur_p, generator=generator)
         if self.solarize_p > 0:

@@ -269,7 +269,7 @@ class ContrastiveConfig(TrainConfig):
     CHAPTER: ClassVar[str] = "03_contrastive"
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": dict(n_train=768, n_test=384, epochs=2, batch_size=128, queue_size=512, ablation_epochs=1),
-        "lab": dict(n_train=8000, n_test=2000, epochs=7, batch_size=256, queue_size=4096, ablation_epochs=2),
+        "lab": dict(n_train=8000, n_test=2000, epochs=7, batch_size=32, queue_size=4096, ablation_epochs=2),
         "full": dict(n_train=50000, n_test=10000, epochs=200, batch_size=512, backbone="resnet18",
                      queue_size=16384, hidden_dim=2048, ablation_epochs=50),
     }
@@ -284,12 +284,19 @@ class ContrastiveConfig(TrainConfig):
                             min=2)
     queue_size: int = param(4096, "MoCo v2: negatives kept from earlier batches (paper 65536); keep it below n_train, "
                             "or an image meets its own older key as a negative", min=1)
-    momentum: float = param(0.99, "MoCo key encoder EMA momentum (v2 fixed; v3 rises from it to 1 on a cosine); "
-                            "paper 0.999 for v2, 0.99 for v3; short runs want a faster key encoder", min=0.0, max=1.0)
-    crop_min: float = param(0.3, "smallest crop, as a share of the image area (SimCLR 0.08; on 32 px scenes small "
-                            "crops cut the objects off)", min=0.01, max=1.0)
-    jitter_strength: float = param(0.5, "colour distortion strength s of SimCLR (CIFAR 0.5; 0 = no colour jitter and "
+    momentum: float = param(0.99, "MoCo v2 key encoder EMA momentum (paper 0.999; short runs want a faster key "
+                            "encoder, but at 0.9 the queued keys disagree and v2 collapses)", min=0.0, max=1.0)
+    v3_momentum: float = param(0.9, "MoCo v3 key encoder EMA momentum at the start, rising to 1 on a cosine (paper "
+                               "0.99; a short run learns the shape faster from a key encoder that keeps up)",
+                               min=0.0, max=1.0)
+    crop_min: float = param(1.0, "smallest crop, as a share of the image area (1 = no crop; SimCLR 0.08: on 32 px "
+                            "scenes crops cut the objects off and, in minutes of training, cost shape accuracy)",
+                            min=0.01, max=1.0)
+    jitter_strength: float = param(0.0, "colour distortion strength s of SimCLR (CIFAR 0.5; 0 = no colour jitter and "
                                    "no greyscale)", min=0.0, max=2.0)
+    tone_p: float = param(1.0, "probability of a random tone curve per colour channel in each view: it breaks the "
+                          "colour relations that jitter keeps and that solve the task without the shape (0 = off)",
+                          min=0.0, max=1.0)
     ablation_epochs: int = param(1, "epochs of each run of the collapse, batch-size, queue-size and augmentation "
                                  "experiments", min=1)
 
@@ -377,6 +384,9 @@ class NonContrastiveConfig(TrainConfig):
                             "crops cut the objects off)", min=0.01, max=1.0)
     jitter_strength: float = param(1.0, "scales the colour jitter of each method (1 = the paper, 0 = no colour jitter "
                                    "and no greyscale)", min=0.0, max=2.0)
+    tone_p: float = param(0.0, "probability of a random tone curve per colour channel in each view (chapter 03's "
+                          "views; without negatives it starves a short run of signal, see the notebook; 0 = off)",
+                          min=0.0, max=1.0)
     dino_backbone: str = param("vit-nano", "the ViT that DINO trains for the attention maps",
                                choices=("vit-nano", "vit-tiny"))
     attention_epochs: int = param(1, "epochs of the DINO ViT run for the attention maps", min=1)

@@ -19,20 +19,22 @@ from vfm_lab.methods.simsiam import SimSiam, simsiam_views
 
 
 # ---- chapter 03: contrastive self-supervision --------------------------------------------
-def tuned_views(aug: Augment, crop_min: float | None, jitter_strength: float) -> Augment:
-    """A method's view recipe with crops of ``crop_min``-100 % (None: its own crop range) and its
-    colour jitter scaled by ``jitter_strength`` (0: no colour jitter and no greyscale)."""
+def tuned_views(aug: Augment, crop_min: float | None, jitter_strength: float, tone_p: float = 0.0) -> Augment:
+    """A method's view recipe with crops of ``crop_min``-100 % (None: its own crop range), its
+    colour jitter scaled by ``jitter_strength`` (0: no colour jitter and no greyscale) and a random
+    tone curve (:func:`vfm_lab.augment.tone_curve`) with probability ``tone_p``."""
     s = jitter_strength
-    return dataclasses.replace(aug, crop_scale=aug.crop_scale if crop_min is None else (crop_min, 1.0),
+    return dataclasses.replace(aug, crop_scale=aug.crop_scale if crop_min is None else (crop_min, 1.0), tone_p=tone_p,
                                brightness=aug.brightness * s, contrast=aug.contrast * s,
                                saturation=aug.saturation * s, hue=min(aug.hue * s, 0.5),
                                jitter_p=aug.jitter_p if s > 0 else 0.0, grayscale_p=aug.grayscale_p if s > 0 else 0.0)
 
 
-def contrastive_views(size: int, crop_min: float, jitter_strength: float) -> Augment:
+def contrastive_views(size: int, crop_min: float, jitter_strength: float, tone_p: float = 0.0) -> Augment:
     """SimCLR's CIFAR recipe (crop, flip, colour distortion of strength s: jitter with p = 0.8 and
-    greyscale with p = 0.2; no blur) with crops of ``crop_min``-100 % of the image."""
-    return tuned_views(A.simclr(size, blur_p=0.0), crop_min, jitter_strength)
+    greyscale with p = 0.2; no blur) with crops of ``crop_min``-100 % of the image and a random tone
+    curve with probability ``tone_p``."""
+    return tuned_views(A.simclr(size, blur_p=0.0), crop_min, jitter_strength, tone_p)
 
 
 def build_contrastive(cfg: ContrastiveConfig, backbone: Backbone, method: str | None = None,
@@ -44,11 +46,11 @@ def build_contrastive(cfg: ContrastiveConfig, backbone: Backbone, method: str | 
     if method not in builders:
         raise ValueError(f"method={method!r} is not a contrastive method; choose one of {', '.join(builders)}")
     kw: dict[str, Any] = dict(proj_dim=cfg.proj_dim, hidden_dim=cfg.hidden_dim, temperature=cfg.temperature,
-                              augment=contrastive_views(backbone.image_size, cfg.crop_min, cfg.jitter_strength))
+                              augment=contrastive_views(backbone.image_size, cfg.crop_min, cfg.jitter_strength, cfg.tone_p))
     if method == "moco_v2":
         kw.update(queue_size=cfg.queue_size, momentum=cfg.momentum)
     if method == "moco_v3":
-        kw.update(momentum=cfg.momentum, proj_layers=2)  # 2 layers for a convnet, as the paper's ResNet
+        kw.update(momentum=cfg.v3_momentum, proj_layers=2)  # 2 layers for a convnet, as the paper's ResNet
     return builders[method](backbone, **{**kw, **overrides})
 
 
@@ -69,14 +71,14 @@ def build_non_contrastive(cfg: NonContrastiveConfig, backbone: Backbone, method:
     hyper-parameters and each paper's views, cropped and jittered as the config says;
     ``overrides`` replace constructor arguments (``predictor=False``, ``centering=False``, ...)."""
     method, size = method or cfg.method, backbone.image_size
-    views = lambda *augs: tuple(tuned_views(a, cfg.crop_min, cfg.jitter_strength) for a in augs)  # noqa: E731
+    views = lambda *augs: tuple(tuned_views(a, cfg.crop_min, cfg.jitter_strength, cfg.tone_p) for a in augs)  # noqa: E731
     if method == "byol":
         kw = dict(proj_dim=cfg.proj_dim, hidden_dim=cfg.hidden_dim, momentum=cfg.momentum,
                   augment=views(A.byol_view1(size), A.byol_view2(size)))
         return BYOL(backbone, **{**kw, **overrides})
     if method == "simsiam":
         kw = dict(proj_dim=cfg.proj_dim, pred_dim=cfg.pred_dim,
-                  augment=tuned_views(simsiam_views(size), cfg.crop_min, cfg.jitter_strength))
+                  augment=tuned_views(simsiam_views(size), cfg.crop_min, cfg.jitter_strength, cfg.tone_p))
         return SimSiam(backbone, **{**kw, **overrides})
     if method == "dino":
         convnet = backbone.patch_size is None
@@ -87,7 +89,7 @@ def build_non_contrastive(cfg: NonContrastiveConfig, backbone: Backbone, method:
                   teacher_temp_warmup=cfg.teacher_temp_warmup, student_temp=cfg.student_temp,
                   center_momentum=cfg.center_momentum, momentum=cfg.momentum, n_local=cfg.n_local,
                   local_size=local_size, augment=views(*A.dino_global(size)),
-                  local_augment=tuned_views(A.dino_local(local_size), None, cfg.jitter_strength))
+                  local_augment=tuned_views(A.dino_local(local_size), None, cfg.jitter_strength, cfg.tone_p))
         return DINO(backbone, **{**kw, **overrides})
     raise ValueError(f"method={method!r} is not a non-contrastive method; choose one of {', '.join(NON_CONTRASTIVE)}")
 
