@@ -337,7 +337,8 @@ def solarize(x: torch.Tensor, threshold: float = 0.5, p: float = 0.2,
 @dataclass
 class Augment:
     """A view recipe: crop, flip, colour jitter, greyscale, tone curve, blur, solarise, in that
-    order (SimCLR appendix A, BYOL table 6; the tone curve is ours, for synthetic scenes). Ops with probability 0 are skipped and draw nothing.
+    order (SimCLR appendix A, BYOL table 6; the tone curve is ours, for synthetic scenes). Ops
+    with probability 0 are skipped and draw nothing.
 
     >>> aug = Augment(size=16, blur_p=1.0)
     >>> aug(torch.rand(2, 3, 32, 32)).shape

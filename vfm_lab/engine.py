@@ -126,6 +126,8 @@ def fit(method: nn.Module, data: ImageSet, *, epochs: int, batch_size: int, lr: 
         method = D.convert_sync_batchnorm(method, device)
     method.to(device)
     lr_scale = getattr(method, "lr_scale", lambda name: 1.0)  # optional: parameter name -> lr multiplier
+    # (decay?, lr factor) -> parameters; the two unscaled groups always exist, decayed first, so a run
+    # without lr_scale has the optimizer layout (and checkpoints) it had before lr_scale existed
     groups: dict[tuple[bool, float], list[nn.Parameter]] = {(True, 1.0): [], (False, 1.0): []}
     for name, p in method.named_parameters():
         if p.requires_grad:  # no decay on biases and norm scales

@@ -45,8 +45,9 @@ def build_contrastive(cfg: ContrastiveConfig, backbone: Backbone, method: str | 
     builders = {"simclr": SimCLR, "moco_v2": MoCoV2, "moco_v3": MoCoV3}
     if method not in builders:
         raise ValueError(f"method={method!r} is not a contrastive method; choose one of {', '.join(builders)}")
+    views = contrastive_views(backbone.image_size, cfg.crop_min, cfg.jitter_strength, cfg.tone_p)
     kw: dict[str, Any] = dict(proj_dim=cfg.proj_dim, hidden_dim=cfg.hidden_dim, temperature=cfg.temperature,
-                              augment=contrastive_views(backbone.image_size, cfg.crop_min, cfg.jitter_strength, cfg.tone_p))
+                              augment=views)
     if method == "moco_v2":
         kw.update(queue_size=cfg.queue_size, momentum=cfg.momentum)
     if method == "moco_v3":
@@ -71,7 +72,10 @@ def build_non_contrastive(cfg: NonContrastiveConfig, backbone: Backbone, method:
     hyper-parameters and each paper's views, cropped and jittered as the config says;
     ``overrides`` replace constructor arguments (``predictor=False``, ``centering=False``, ...)."""
     method, size = method or cfg.method, backbone.image_size
-    views = lambda *augs: tuple(tuned_views(a, cfg.crop_min, cfg.jitter_strength, cfg.tone_p) for a in augs)  # noqa: E731
+
+    def views(*augs: Augment) -> tuple[Augment, ...]:
+        return tuple(tuned_views(a, cfg.crop_min, cfg.jitter_strength, cfg.tone_p) for a in augs)
+
     if method == "byol":
         kw = dict(proj_dim=cfg.proj_dim, hidden_dim=cfg.hidden_dim, momentum=cfg.momentum,
                   augment=views(A.byol_view1(size), A.byol_view2(size)))
