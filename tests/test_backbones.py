@@ -36,6 +36,35 @@ def test_convnet_pools_its_tokens_and_normalises_inside(name):
     torch.testing.assert_close(net(x), net.model((x - PIXEL_MEAN) / PIXEL_STD))
 
 
+@pytest.mark.parametrize("name", CONVNETS)
+def test_convnet_runs_channels_last_with_the_nchw_result(name):
+    torch.manual_seed(0)
+    net = build_backbone(name)
+    assert net.channels_last and all(p.is_contiguous(memory_format=torch.channels_last)
+                                     for p in net.parameters() if p.ndim == 4)
+    x = torch.rand(4, 3, 32, 32)  # an ordinary NCHW batch: the backbone converts it
+    assert net.normalise(x).is_contiguous(memory_format=torch.channels_last)
+    feats = net(x)
+    feats.sum().backward()
+    grads = [p.grad.clone() for p in net.parameters()]
+    nchw = build_backbone(name)
+    nchw.load_state_dict(net.state_dict())  # the weights drawn above, in the NCHW layout
+    nchw.channels_last = False
+    nchw.to(memory_format=torch.contiguous_format)
+    assert not nchw.normalise(x).is_contiguous(memory_format=torch.channels_last)
+    nchw(x).sum().backward()
+    torch.testing.assert_close(feats, nchw(x), rtol=1e-4, atol=1e-5)
+    for g, p in zip(grads, nchw.parameters()):
+        torch.testing.assert_close(g, p.grad, rtol=1e-3, atol=1e-4)
+
+
+def test_vit_keeps_its_layout():
+    net = build_backbone("vit-nano")
+    x = torch.rand(2, 3, 32, 32)
+    assert not net.channels_last
+    torch.testing.assert_close(net.normalise(x), (x - PIXEL_MEAN) / PIXEL_STD)
+
+
 @pytest.mark.parametrize("name", VITS)
 def test_vit_pools_the_class_token_and_exposes_timm_modules(name):
     torch.manual_seed(0)

@@ -43,7 +43,7 @@ from timm.layers import build_sincos2d_pos_embed
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from vfm_lab.backbones import PIXEL_MEAN, PIXEL_STD, Backbone
+from vfm_lab.backbones import Backbone
 from vfm_lab.data import ImageSet, batches
 
 
@@ -111,7 +111,7 @@ def masked_mean(per_patch: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def patch_tokens(backbone: Backbone, images: torch.Tensor) -> torch.Tensor:
     """Patch embeddings (B, N, D) of images in [0, 1], before position embeddings, normalised as
     the backbone normalises its input."""
-    return backbone.model.patch_embed((images - PIXEL_MEAN) / PIXEL_STD)  # (B, N, D)
+    return backbone.model.patch_embed(backbone.normalise(images))  # (B, N, D)
 
 
 def add_positions(backbone: Backbone, tokens: torch.Tensor) -> torch.Tensor:
