@@ -288,8 +288,9 @@ def test_the_chapter_builds_each_method_with_its_views():
     dino = build_non_contrastive(cfg, build_backbone("convnet-s", 3, 32), "dino")
     assert dino.local_view.size == cfg.local_size and dino.local_view.crop_scale == (0.05, 0.4)
     assert dino.local_view.tone_p == 1.0
-    papers = build_non_contrastive(NonContrastiveConfig.from_params(scale="smoke"), tiny_backbone(), "simsiam")
-    assert papers.view1.tone_p == 0.0 and papers.view1.jitter_p == 0.8 and papers.view1.hue == 0.1  # the default
+    default = build_non_contrastive(NonContrastiveConfig.from_params(scale="smoke"), tiny_backbone(), "simsiam")
+    assert default.view1.tone_p == 0.0 and default.view1.jitter_p == 0.8 and default.view1.hue == 0.1  # paper's jitter
+    assert default.view1.crop_scale == (1.0, 1.0)  # and no crop
     assert isinstance(dino.head.mlp[1], nn.BatchNorm1d)  # convnets get BatchNorm in the DINO head
     vit_dino = build_non_contrastive(cfg, build_backbone("vit-nano", 3, 32), "dino")
     assert vit_dino.local_view.size == 32 and not any(isinstance(m, nn.BatchNorm1d) for m in vit_dino.head.mlp)
@@ -343,8 +344,9 @@ def test_collapse_ablations_collapse_and_the_monitor_flags_them(name, scenes):
 def test_a_short_byol_run_beats_the_random_backbone():
     """BYOL on 1,024 shapes scenes at 16 px for 96 steps: the kNN accuracy of the frozen backbone on the
     position, colour and size of the main object rises above the same network at initialisation.
-    (The shape class itself needs longer runs: at this budget it stays at the random backbone's level.)"""
-    cfg = NonContrastiveConfig.from_params(scale="smoke", local_size=8)
+    (The shape class itself needs longer runs: at this budget it stays at the random backbone's level.)
+    The views are the paper's, crops down to 30 %: they teach the position fastest."""
+    cfg = NonContrastiveConfig.from_params(scale="smoke", local_size=8, crop_min=0.3)
     before, after = short_ssl_run(lambda b: build_non_contrastive(cfg, b, "byol", proj_dim=64, hidden_dim=256))
     assert after["position"] > before["position"] + 0.03, (before, after)
     assert sum(after.values()) > sum(before.values()) + 0.06, (before, after)

@@ -269,7 +269,7 @@ class ContrastiveConfig(TrainConfig):
     CHAPTER: ClassVar[str] = "03_contrastive"
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": dict(n_train=768, n_test=384, epochs=2, batch_size=128, queue_size=512, ablation_epochs=1),
-        "lab": dict(n_train=8000, n_test=2000, epochs=7, batch_size=32, queue_size=4096, ablation_epochs=2),
+        "lab": dict(n_train=8000, n_test=2000, epochs=10, batch_size=32, queue_size=4096, ablation_epochs=2),
         "full": dict(n_train=50000, n_test=10000, epochs=200, batch_size=512, backbone="resnet18",
                      queue_size=16384, hidden_dim=2048, ablation_epochs=50),
     }
@@ -352,8 +352,10 @@ class NonContrastiveConfig(TrainConfig):
 
     CHAPTER: ClassVar[str] = "04_non_contrastive"
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "smoke": dict(n_train=512, n_test=256, epochs=2, batch_size=128, ablation_epochs=1, attention_epochs=1),
-        "lab": dict(n_train=8000, n_test=2000, epochs=7, batch_size=256, ablation_epochs=3, attention_epochs=4),
+        "smoke": dict(n_train=512, n_test=256, epochs=2, batch_size=128, ablation_epochs=1, attention_epochs=1,
+                      teacher_temp=0.02, warmup_teacher_temp=0.02),
+        "lab": dict(n_train=8000, n_test=2000, epochs=7, batch_size=32, ablation_epochs=3, attention_epochs=4,
+                    teacher_temp=0.02, warmup_teacher_temp=0.02),
         "full": dict(n_train=50000, n_test=10000, epochs=200, batch_size=512, backbone="resnet18", hidden_dim=2048,
                      proj_dim=256, out_dim=8192, n_local=6, dino_backbone="vit-tiny", ablation_epochs=30,
                      attention_epochs=100),
@@ -367,9 +369,12 @@ class NonContrastiveConfig(TrainConfig):
     pred_dim: int = param(64, "SimSiam: bottleneck of the predictor (paper 512, a quarter of proj_dim)", min=1)
     momentum: float = param(0.99, "BYOL target and DINO teacher EMA momentum at the start, rising to 1 on a cosine "
                             "(papers 0.996; short runs want a faster target)", min=0.0, max=1.0)
-    out_dim: int = param(1024, "DINO: scores K of the head, the size of the softmax (paper 65536)", min=2)
+    out_dim: int = param(256, "DINO: scores K of the head, the size of the softmax (paper 65536; a short run on "
+                         "8 shape classes learns more from a few hundred)", min=2)
     teacher_temp: float = param(0.04, "DINO teacher temperature after warm-up: lower sharpens more; raise towards "
-                                "0.07 if training is unstable (paper 0.04-0.07)", min=0.001, max=10.0)
+                                "0.07 if training is unstable (paper 0.04-0.07; the smoke and lab presets take 0.02: "
+                                "a short run with a small head learns more from a sharper teacher)", min=0.001,
+                                max=10.0)
     warmup_teacher_temp: float = param(0.04, "DINO teacher temperature at the start of the warm-up", min=0.001,
                                        max=10.0)
     teacher_temp_warmup: float = param(0.0, "DINO: share of the steps over which the teacher temperature rises "
@@ -380,8 +385,9 @@ class NonContrastiveConfig(TrainConfig):
                          min=0)
     local_size: int = param(16, "DINO local crop side in pixels (paper 96 against 224 for the global crops); ViT "
                             "backbones take their own image size", min=8)
-    crop_min: float = param(0.3, "smallest crop, as a share of the image area (papers 0.08-0.4; on 32 px scenes small "
-                            "crops cut the objects off)", min=0.01, max=1.0)
+    crop_min: float = param(1.0, "smallest crop, as a share of the image area (1 = no crop; papers 0.08-0.4: on 32 px "
+                            "scenes crops cut the objects off and, in minutes of training, cost shape accuracy); "
+                            "DINO's local crops keep their own range", min=0.01, max=1.0)
     jitter_strength: float = param(1.0, "scales the colour jitter of each method (1 = the paper, 0 = no colour jitter "
                                    "and no greyscale)", min=0.0, max=2.0)
     tone_p: float = param(0.0, "probability of a random tone curve per colour channel in each view (chapter 03's "

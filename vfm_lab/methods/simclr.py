@@ -80,7 +80,6 @@ def two_views(augment: View | Sequence[View]) -> tuple[View, View]:
     return augment[0], augment[1]
 
 
-
 class NTXentLoss(nn.Module):
     """NT-Xent (SimCLR eq. 1) on two views' projections ``z1, z2`` (B, K): the mean of
     ``ℓ(i, j)`` and ``ℓ(j, i)`` over every positive pair of the global batch.
