@@ -48,7 +48,7 @@ def test_convnet_runs_channels_last_with_the_nchw_result(name):
     feats.sum().backward()
     grads = [p.grad.clone() for p in net.parameters()]
     nchw = build_backbone(name)
-    nchw.load_state_dict(net.state_dict())  # the weights drawn above, in the NCHW layout
+    nchw.load_state_dict(net.state_dict())  # the same weights, then the NCHW layout
     nchw.channels_last = False
     nchw.to(memory_format=torch.contiguous_format)
     assert not nchw.normalise(x).is_contiguous(memory_format=torch.channels_last)

@@ -38,7 +38,7 @@ and any statistics share one backbone contract.
 
 Convnets keep their weights and activations **channels-last** (NHWC): the backbone converts
 its input, so callers pass ordinary tensors. On a CPU with bf16 units the oneDNN convolutions
-run a training step about 1.5x faster that way (``vfm-lab bench engine`` measures it), and
+run a training step about 1.4x faster that way (``vfm-lab bench engine`` measures it), and
 GPUs prefer the layout too.
 
 >>> net = build_backbone("vit-nano", in_chans=1, image_size=28)
