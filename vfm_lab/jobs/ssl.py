@@ -73,16 +73,15 @@ def build_non_contrastive(cfg: NonContrastiveConfig, backbone: Backbone, method:
     ``overrides`` replace constructor arguments (``predictor=False``, ``centering=False``, ...)."""
     method, size = method or cfg.method, backbone.image_size
 
-    def views(*augs: Augment) -> tuple[Augment, ...]:
-        return tuple(tuned_views(a, cfg.crop_min, cfg.jitter_strength, cfg.tone_p) for a in augs)
+    def tuned(aug: Augment) -> Augment:
+        return tuned_views(aug, cfg.crop_min, cfg.jitter_strength, cfg.tone_p)
 
     if method == "byol":
         kw = dict(proj_dim=cfg.proj_dim, hidden_dim=cfg.hidden_dim, momentum=cfg.momentum,
-                  augment=views(A.byol_view1(size), A.byol_view2(size)))
+                  augment=(tuned(A.byol_view1(size)), tuned(A.byol_view2(size))))
         return BYOL(backbone, **{**kw, **overrides})
     if method == "simsiam":
-        kw = dict(proj_dim=cfg.proj_dim, pred_dim=cfg.pred_dim,
-                  augment=tuned_views(simsiam_views(size), cfg.crop_min, cfg.jitter_strength, cfg.tone_p))
+        kw = dict(proj_dim=cfg.proj_dim, pred_dim=cfg.pred_dim, augment=tuned(simsiam_views(size)))
         return SimSiam(backbone, **{**kw, **overrides})
     if method == "dino":
         convnet = backbone.patch_size is None
@@ -92,7 +91,7 @@ def build_non_contrastive(cfg: NonContrastiveConfig, backbone: Backbone, method:
                   teacher_temp=cfg.teacher_temp, warmup_teacher_temp=cfg.warmup_teacher_temp,
                   teacher_temp_warmup=cfg.teacher_temp_warmup, student_temp=cfg.student_temp,
                   center_momentum=cfg.center_momentum, momentum=cfg.momentum, n_local=cfg.n_local,
-                  local_size=local_size, augment=views(*A.dino_global(size)),
+                  local_size=local_size, augment=tuple(map(tuned, A.dino_global(size))),
                   local_augment=tuned_views(A.dino_local(local_size), None, cfg.jitter_strength, cfg.tone_p))
         return DINO(backbone, **{**kw, **overrides})
     raise ValueError(f"method={method!r} is not a non-contrastive method; choose one of {', '.join(NON_CONTRASTIVE)}")

@@ -18,8 +18,9 @@ ending in BN, the momentum ``m`` following a cosine from 0.99 to 1, and a symmet
 every rank (no gradient: they are the momentum encoder's), and the positive of local row
 ``i`` on rank ``r`` is key ``r * B + i``.
 
-Left out: MoCo v1/v2's shuffling BN (sec. 3.3 of [0]), which needs several devices to mean
-anything; at scale use SyncBatchNorm (``fit(sync_batchnorm=True)`` on GPUs), as v3 does.
+Left out: MoCo v1/v2's shuffling BN (sec. 3.3 of [0]), which gives a query and its key BatchNorm
+statistics of different images (across devices; one device can split its batch, as the MoCo CIFAR
+demo's SplitBatchNorm does); at scale use SyncBatchNorm (``fit(sync_batchnorm=True)`` on GPUs), as v3 does.
 
 - [0] MoCo, He et al., 2019, https://arxiv.org/abs/1911.05722 (eqs. 1-2, Algorithm 1)
 - [1] MoCo v2, Chen et al., 2020, https://arxiv.org/abs/2003.04297
