@@ -49,8 +49,8 @@ def test_convnet_runs_channels_last_with_the_nchw_result(name):
     grads = [p.grad.clone() for p in net.parameters()]
     nchw = build_backbone(name)
     nchw.load_state_dict(net.state_dict())  # the same weights, then the NCHW layout
-    nchw.channels_last = False
-    nchw.to(memory_format=torch.contiguous_format)
+    nchw.set_channels_last(False)
+    assert not nchw.channels_last and all(p.is_contiguous() for p in nchw.parameters())
     assert not nchw.normalise(x).is_contiguous(memory_format=torch.channels_last)
     nchw(x).sum().backward()
     torch.testing.assert_close(feats, nchw(x), rtol=1e-4, atol=1e-5)

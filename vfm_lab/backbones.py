@@ -76,8 +76,8 @@ class Backbone(nn.Module):
     model: a timm ``ResNet`` or ``VisionTransformer`` built with ``num_classes=0``.
     embed_dim: size of the pooled feature and of every token (timm's ``num_features``).
     patch_size: the ViT patch side in pixels; None for convnets.
-    channels_last: run the model on NHWC tensors (convnets; see the module notes). A convnet
-    set back to False, with ``.to(memory_format=torch.contiguous_format)``, runs NCHW.
+    channels_last: run the model on NHWC tensors (convnets; see the module notes);
+    :meth:`set_channels_last` switches a convnet to timm's NCHW layout and back.
     """
 
     def __init__(self, model: nn.Module, *, name: str, in_chans: int, image_size: int,
@@ -89,9 +89,13 @@ class Backbone(nn.Module):
         self.image_size = image_size
         self.patch_size = patch_size
         self.embed_dim: int = model.num_features
-        self.channels_last = patch_size is None
-        if self.channels_last:
-            model.to(memory_format=torch.channels_last)
+        self.set_channels_last(patch_size is None)
+
+    def set_channels_last(self, on: bool) -> "Backbone":
+        """Keep the weights, and convert the input, in the channels-last (``on``) or NCHW layout."""
+        self.channels_last = on
+        self.model.to(memory_format=torch.channels_last if on else torch.contiguous_format)
+        return self
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] as the model takes them: ``(x - 0.5) / 0.25``, channels-last for convnets."""

@@ -51,9 +51,7 @@ def hand_written_loop(data, steps: int, dtype: torch.dtype, channels_last: bool 
     in timm's default NCHW layout)."""
     device = torch.device("cpu")
     model = _classifier(data)
-    if not channels_last:
-        model.backbone.channels_last = False
-        model.to(memory_format=torch.contiguous_format)
+    model.backbone.set_channels_last(channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     start = time.perf_counter()
     for batch in batches(data, BATCH, seed=0):
