@@ -295,7 +295,7 @@ class ContrastiveConfig(TrainConfig):
     jitter_strength: float = param(0.0, "colour distortion strength s of SimCLR (CIFAR 0.5; 0 = no colour jitter and "
                                    "no greyscale)", min=0.0, max=2.0)
     tone_p: float = param(1.0, "probability of a random tone curve per colour channel in each view: it breaks the "
-                          "colour relations that jitter keeps and that solve the task without the shape (0 = off)",
+                          "colours of a scene and the relations between them, which jitter keeps (0 = off)",
                           min=0.0, max=1.0)
     ablation_epochs: int = param(1, "epochs of each run of the collapse, batch-size, queue-size and augmentation "
                                  "experiments", min=1)
