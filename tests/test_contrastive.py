@@ -168,8 +168,31 @@ def test_moco_v2_queue_is_a_fifo_of_normalised_keys():
     before = moco.queue.clone()
     moco({"image": torch.rand(4, 3, 16, 16)})
     assert torch.equal(moco.queue, before)
+    many = randn(3, 12, 4)  # one batch longer than the queue: its last 10 keys, oldest first
+    moco.enqueue(many)
+    torch.testing.assert_close(torch.roll(moco.queue, -int(moco.queue_ptr), 0), F.normalize(many[2:], dim=1))
     with pytest.raises(ValueError, match="queue_size"):
         MoCoV2(small_backbone(), queue_size=0)
+
+
+def test_symmetric_moco_v2_averages_both_directions_against_one_queue_and_enqueues_both_views():
+    x1_of, x2_of = (lambda x: x), (lambda x: x.flip(-1))  # two fixed views
+    moco = MoCoV2(small_backbone(), proj_dim=4, hidden_dim=8, queue_size=32, symmetric=True, augment=(x1_of, x2_of))
+    x = torch.rand(6, 3, 16, 16)
+    queue = moco.queue.clone()
+    loss = moco({"image": x})["loss"]
+    x1, x2 = x1_of(x), x2_of(x)
+    k1, k2 = moco.keys(x1), moco.keys(x2)  # train-mode BN: the same batch gives the same keys
+    one_way = moco.criterion(moco.embed(x1), k2, queue)
+    expected = (one_way + moco.criterion(moco.embed(x2), k1, queue)) / 2
+    torch.testing.assert_close(loss, expected)
+    assert not torch.allclose(loss, one_way)
+    torch.testing.assert_close(moco.queue[:12], F.normalize(torch.cat([k1, k2]), dim=1))
+    assert int(moco.queue_ptr) == 12
+    moco.symmetric = False  # the paper's loss: view 1 asks, only view 2's keys join the queue
+    queue = moco.queue.clone()
+    torch.testing.assert_close(moco({"image": x})["loss"], moco.criterion(moco.embed(x1), moco.keys(x2), queue))
+    assert int(moco.queue_ptr) == 18
 
 
 @pytest.mark.parametrize("make", [
@@ -321,6 +344,9 @@ def test_each_moco_takes_its_own_key_encoder_momentum():
     cfg = ContrastiveConfig.from_params(scale="smoke", momentum=0.95, v3_momentum=0.8)
     assert build_contrastive(cfg, build_backbone("convnet-s", 3, 32), "moco_v2").momentum == 0.95
     assert build_contrastive(cfg, build_backbone("convnet-s", 3, 32), "moco_v3").momentum == 0.8
+    for symmetric in (True, False):
+        cfg = ContrastiveConfig.from_params(scale="smoke", symmetric=symmetric)
+        assert build_contrastive(cfg, build_backbone("convnet-s", 3, 32), "moco_v2").symmetric is symmetric
 
 
 @pytest.mark.parametrize("name", ["moco_v2", "moco_v3"])

@@ -286,6 +286,8 @@ class ContrastiveConfig(TrainConfig):
                             "or an image meets its own older key as a negative", min=1)
     momentum: float = param(0.99, "MoCo v2 key encoder EMA momentum (paper 0.999; short runs want a faster key "
                             "encoder, but at 0.9 the queued keys disagree and v2 collapses)", min=0.0, max=1.0)
+    symmetric: bool = param(True, "MoCo v2: add the swapped loss (view 2 asks, view 1 answers) and enqueue both views' "
+                            "keys, as the MoCo CIFAR-10 demo does (False: the paper's one-way loss, one query per image)")
     v3_momentum: float = param(0.9, "MoCo v3 key encoder EMA momentum at the start, rising to 1 on a cosine (paper "
                                "0.99; a short run learns the shape faster from a key encoder that keeps up)",
                                min=0.0, max=1.0)

@@ -49,7 +49,7 @@ def build_contrastive(cfg: ContrastiveConfig, backbone: Backbone, method: str | 
     kw: dict[str, Any] = dict(proj_dim=cfg.proj_dim, hidden_dim=cfg.hidden_dim, temperature=cfg.temperature,
                               augment=views)
     if method == "moco_v2":
-        kw.update(queue_size=cfg.queue_size, momentum=cfg.momentum)
+        kw.update(queue_size=cfg.queue_size, momentum=cfg.momentum, symmetric=cfg.symmetric)
     if method == "moco_v3":
         kw.update(momentum=cfg.v3_momentum, proj_layers=2)  # 2 layers for a convnet, as the paper's ResNet
     return builders[method](backbone, **{**kw, **overrides})

@@ -10,6 +10,10 @@ batches kept in a **queue** (a FIFO buffer of K normalised keys). InfoNCE, eq. 1
 so the number of negatives (K) is decoupled from the batch size. Only ``f_q`` gets gradients;
 after each step ``θ_k ← m θ_k + (1 - m) θ_q`` (eq. 2, ``engine.ema_update``), which keeps the
 queued keys consistent with each other; then the batch's keys are enqueued, the oldest dequeued.
+The paper's loss is asymmetric: view 1 asks, view 2 answers. ``symmetric=True`` adds the swapped
+loss (view 2 asks, view 1 answers) and enqueues both views' keys, as the MoCo CIFAR-10 demo [3]
+does: it "behaves like 2x epochs of the asymmetric counterpart", and SimCLR's and MoCo v3's losses
+are symmetric too.
 
 MoCo v3 [2] (Algorithm 1): no queue -- the negatives are the other keys of the (global)
 batch, as in SimCLR; a **predictor** MLP on the query side (as in BYOL), a 3-layer projector
@@ -25,6 +29,7 @@ demo's SplitBatchNorm does); at scale use SyncBatchNorm (``fit(sync_batchnorm=Tr
 - [0] MoCo, He et al., 2019, https://arxiv.org/abs/1911.05722 (eqs. 1-2, Algorithm 1)
 - [1] MoCo v2, Chen et al., 2020, https://arxiv.org/abs/2003.04297
 - [2] MoCo v3, Chen, Xie and He, 2021, https://arxiv.org/abs/2104.02057 (Algorithm 1)
+- [3] MoCo CIFAR-10 demo, https://colab.research.google.com/github/facebookresearch/moco/blob/colab-notebook/colab/moco_cifar10_demo.ipynb
 
 >>> from vfm_lab.backbones import build_backbone
 >>> model = MoCoV2(build_backbone("convnet-s", 3, 32), proj_dim=16, queue_size=32)
@@ -146,23 +151,27 @@ class _Momentum(nn.Module):
 class MoCoV2(_Momentum):
     """MoCo v2: query/key encoders with a 2-layer MLP head (no BN), a queue of ``queue_size``
     keys, InfoNCE with τ = 0.2, a fixed ``momentum``. ``augment`` (one recipe or a pair)
-    replaces the default views: SimCLR's recipe with blur (the "aug+" of MoCo v2)."""
+    replaces the default views: SimCLR's recipe with blur (the "aug+" of MoCo v2).
+    ``symmetric``: the mean of the loss and its swapped twin, both views' keys enqueued (the
+    CIFAR-10 demo's option); False is the paper's one-way loss."""
 
     def __init__(self, backbone: Backbone, *, proj_dim: int = 128, hidden_dim: int | None = None,
                  temperature: float = 0.2, queue_size: int = 65536, momentum: float = 0.999,
-                 augment: View | Sequence[View] | None = None):
+                 symmetric: bool = False, augment: View | Sequence[View] | None = None):
         if queue_size < 1:
             raise ValueError(f"queue_size={queue_size} must be at least 1 (MoCo: 65536 keys)")
         projector = projection_mlp(backbone.embed_dim, hidden_dim or backbone.embed_dim, proj_dim, batch_norm=False)
         super().__init__(backbone, projector, momentum, augment or A.simclr(backbone.image_size))
         self.criterion = InfoNCELoss(temperature)
+        self.symmetric = symmetric
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, proj_dim), dim=-1))  # (Q, K)
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))  # where the next key goes
 
     @torch.no_grad()
     def enqueue(self, k: torch.Tensor) -> None:
-        """Replace the oldest keys with the global batch's (rank order); wraps around."""
-        k = D.gather(F.normalize(k.float(), dim=-1))  # (N, K)
+        """Replace the oldest keys with the global batch's (rank order); wraps around. A queue
+        shorter than the batch keeps the batch's last keys."""
+        k = D.gather(F.normalize(k.float(), dim=-1))[-len(self.queue):]  # (N, K), N <= Q
         at = (self.queue_ptr + torch.arange(len(k), device=k.device)) % len(self.queue)  # (N,)
         self.queue[at] = k.to(self.queue.dtype)
         self.queue_ptr.copy_((self.queue_ptr + len(k)) % len(self.queue))
@@ -170,9 +179,14 @@ class MoCoV2(_Momentum):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = batch["image"]  # (B, C, H, W)
         x1, x2 = self.view1(x), self.view2(x)  # (B, C, H', W') each
+        queue = self.queue.clone()  # (Q, K) the negatives, as they were before this batch
         q = self.embed(x1)  # (B, K) queries, with gradient
         k = self.keys(x2)  # (B, K) keys, no gradient
-        loss = self.criterion(q, k, self.queue.clone())
+        loss = self.criterion(q, k, queue)
+        if self.symmetric:  # the swapped twin: view 2 asks, view 1 answers
+            k1 = self.keys(x1)  # (B, K)
+            loss = (loss + self.criterion(self.embed(x2), k1, queue)) / 2
+            k = torch.cat([k1, k])  # (2B, K) both views' keys join the queue
         if self.training:
             self.enqueue(k)
         return {"loss": loss, "z_std": torch.tensor(embedding_std(q.detach())), "momentum": self.momentum}
