@@ -60,6 +60,10 @@ def test_collapse_report_flags_collapse_and_only_collapse():
     one_dim = torch.randn(512, 1, generator=g) * torch.randn(1, 32, generator=g)  # +-one direction: std high
     report = collapse_report(one_dim)
     assert report["std"] > 0.5 and report["erank"] < 1.5 and report["collapsed"] == 1.0  # dimensional collapse
+    crowd = torch.randn(1, 64, generator=g).repeat(512, 1)  # 95 % of the images at one point, a few elsewhere
+    crowd[:24] = torch.randn(24, 64, generator=g)
+    report = collapse_report(crowd)
+    assert report["std"] > 0.1 and report["erank"] > 2 and report["uniformity"] > -0.2 and report["collapsed"] == 1.0
 
 
 @pytest.mark.parametrize("bad", [torch.randn(5), torch.randn(1, 4), torch.randn(2, 3, 4)])

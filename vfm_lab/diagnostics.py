@@ -39,6 +39,7 @@ from vfm_lab.evaluate import extract_features, knn_accuracy
 
 COLLAPSED_STD = 0.1  # below this embedding std the embeddings sit near one point
 COLLAPSED_RANK = 2.0  # below this effective rank they use about one direction
+COLLAPSED_UNIFORMITY = -0.2  # above this uniformity most pairs of images sit at nearly one point
 
 
 def _check_embeddings(z: torch.Tensor, name: str = "z") -> None:
@@ -82,11 +83,14 @@ def uniformity(z: torch.Tensor, t: float = 2.0) -> float:
 
 def collapse_report(z1: torch.Tensor, z2: torch.Tensor | None = None) -> dict[str, float]:
     """The collapse monitor: ``std``, ``erank`` and ``uniformity`` of z1, ``alignment`` of (z1, z2)
-    when a second view is given, and ``collapsed`` = 1.0 when std < 0.1 or erank < 2, else 0.0."""
+    when a second view is given, and ``collapsed`` = 1.0 when std < 0.1, erank < 2 or uniformity > -0.2,
+    else 0.0. The uniformity catches a collapse of most images to one point that a few outliers hide
+    from the std."""
     report = {"std": embedding_std(z1), "erank": effective_rank(z1), "uniformity": uniformity(z1)}
     if z2 is not None:
         report["alignment"] = alignment(z1, z2)
-    report["collapsed"] = float(report["std"] < COLLAPSED_STD or report["erank"] < COLLAPSED_RANK)
+    report["collapsed"] = float(report["std"] < COLLAPSED_STD or report["erank"] < COLLAPSED_RANK
+                                or report["uniformity"] > COLLAPSED_UNIFORMITY)
     return report
 
 
