@@ -180,8 +180,8 @@ def test_from_scope_can_be_rerun_in_the_same_kernel():
     assert TourConfig.from_scope(scope) == scope["cfg"]
 
 
-@pytest.mark.parametrize("chapter", CONFIGS)
-def test_notebook_parameters_cell_builds_its_config(chapter):
+def parameters_cell(chapter: str) -> dict:
+    """The names that the notebook's cell tagged ``parameters`` defines, and their values."""
     path = NOTEBOOKS / f"{chapter}.ipynb"
     if not path.exists():
         pytest.skip(f"{path.name} is not written yet")
@@ -190,8 +190,24 @@ def test_notebook_parameters_cell_builds_its_config(chapter):
     scope: dict = {}
     exec("".join(cells[0]["source"]), scope)
     del scope["__builtins__"]
+    return scope
+
+
+@pytest.mark.parametrize("chapter", CONFIGS)
+def test_notebook_parameters_cell_builds_its_config(chapter):
+    scope = parameters_cell(chapter)
     assert set(scope) == set(CONFIGS[chapter].field_names())  # the cell holds the config's flat literals
     assert isinstance(CONFIGS[chapter].from_scope(scope), CONFIGS[chapter])
+
+
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("chapter", CONFIGS)
+def test_notebook_parameters_cell_leaves_every_preset_in_force(chapter, scale):
+    """``papermill -p scale full`` must get the full preset: a literal in the cell for a value that some
+    preset sets would silently win over it (as ``backbone = "convnet-s"`` once did over resnet18)."""
+    cls = CONFIGS[chapter]
+    from_notebook = cls.from_scope({**parameters_cell(chapter), "scale": scale})
+    assert from_notebook == cls.from_params(scale=scale)
 
 
 # ---- the derived out_dir --------------------------------------------------------------

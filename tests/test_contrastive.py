@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tests.test_distributed import ROOT, torchrun
-from tests.toy import short_ssl_run
+from tests.toy import one_training_step, short_ssl_run
 from vfm_lab import augment as A
 from vfm_lab.backbones import build_backbone
 from vfm_lab.config import ContrastiveConfig
@@ -332,12 +332,21 @@ def test_a_short_simclr_run_learns_to_find_the_other_view_of_unseen_images():
     assert after > 2 * before, (before, after)
 
 
-def test_the_chapter_views_are_a_flip_and_a_tone_curve_unless_the_config_asks_for_the_papers():
+def test_the_chapter_views_are_a_flip_and_a_tone_curve_unless_the_config_asks_otherwise():
     views = build_contrastive(ContrastiveConfig.from_params(scale="smoke"), build_backbone("convnet-s", 3, 32)).view1
     assert (views.crop_scale, views.tone_p, views.jitter_p, views.grayscale_p) == ((1.0, 1.0), 1.0, 0.0, 0.0)
-    cfg = ContrastiveConfig.from_params(scale="smoke", crop_min=0.08, jitter_strength=0.5, tone_p=0.0)
+    cfg = ContrastiveConfig.from_params(scale="smoke", crop_min=0.3, jitter_strength=1.0, tone_p=0.5)
     views = build_contrastive(cfg, build_backbone("convnet-s", 3, 32), "moco_v3").view1
-    assert (views.crop_scale, views.tone_p, views.jitter_p, views.hue) == ((0.08, 1.0), 0.0, 0.8, 0.1)
+    assert (views.crop_scale, views.tone_p, views.jitter_p, views.hue) == ((0.3, 1.0), 0.5, 0.8, 0.2)
+
+
+@pytest.mark.parametrize("name", ["simclr", "moco_v2", "moco_v3"])
+def test_the_full_preset_takes_simclrs_cifar_views_and_its_sizes_fit(name):
+    cfg = ContrastiveConfig.from_params(scale="full")
+    model = build_contrastive(cfg, build_backbone(cfg.backbone, 3, cfg.image_size), name)
+    assert (model.view1.crop_scale, model.view1.tone_p, model.view1.jitter_p, model.view1.hue) == \
+        ((0.08, 1.0), 0.0, 0.8, 0.1)
+    one_training_step(model, cfg.image_size)
 
 
 def test_each_moco_takes_its_own_key_encoder_momentum():

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.toy import short_ssl_run
+from tests.toy import one_training_step, short_ssl_run
 from vfm_lab import viz
 from vfm_lab.backbones import Backbone, build_backbone
 from vfm_lab.config import NonContrastiveConfig
@@ -294,6 +294,17 @@ def test_the_chapter_builds_each_method_with_its_views():
     assert isinstance(dino.head.mlp[1], nn.BatchNorm1d)  # convnets get BatchNorm in the DINO head
     vit_dino = build_non_contrastive(cfg, build_backbone("vit-nano", 3, 32), "dino")
     assert vit_dino.local_view.size == 32 and not any(isinstance(m, nn.BatchNorm1d) for m in vit_dino.head.mlp)
+
+
+@pytest.mark.parametrize("name", ["byol", "simsiam", "dino"])
+def test_the_full_preset_takes_the_papers_crops_and_its_sizes_fit(name):
+    cfg = NonContrastiveConfig.from_params(scale="full")
+    backbones = [cfg.backbone] + [cfg.dino_backbone] * (name == "dino")  # DINO also trains the ViT of the maps
+    for backbone in backbones:
+        model = build_non_contrastive(cfg, build_backbone(backbone, 3, cfg.image_size), name)
+        first = model.global_views[0] if name == "dino" else model.view1
+        assert first.crop_scale == (0.2, 1.0) and first.jitter_p == 0.8 and first.tone_p == 0.0
+        one_training_step(model, cfg.image_size)
 
 
 # ---- collapse: the ablations, caught by the monitor ----------------------------------------

@@ -1,6 +1,7 @@
 """A tiny method and data set for engine tests (importable by subprocess scripts too)."""
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable
 
@@ -85,3 +86,14 @@ def short_ssl_run(build: Callable[[nn.Module], nn.Module], names: tuple[str, ...
     model = build(backbone)
     fit(model, train, epochs=6, batch_size=64, lr=3e-3, warmup_epochs=0.5, device="cpu", progress=False)
     return before, {a: attribute_knn(model.backbone, train, test, a) for a in names}
+
+
+def one_training_step(model: nn.Module, image_size: int, batch_size: int = 4) -> None:
+    """One forward, backward and ``after_step`` of a method on random images: a finite loss and a gradient
+    in every backbone weight show that a preset's sizes fit together (heads, queue, views, backbone)."""
+    loss = model({"image": torch.rand(batch_size, 3, image_size, image_size)})["loss"]
+    loss.backward()
+    assert all(p.grad is not None for p in model.backbone.parameters() if p.requires_grad)
+    if hasattr(model, "after_step"):
+        model.after_step(0, total_steps=10)
+    assert math.isfinite(loss.item())

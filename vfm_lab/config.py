@@ -271,7 +271,8 @@ class ContrastiveConfig(TrainConfig):
         "smoke": dict(n_train=768, n_test=384, epochs=2, batch_size=128, queue_size=512, ablation_epochs=1),
         "lab": dict(n_train=8000, n_test=2000, epochs=10, batch_size=32, queue_size=4096, ablation_epochs=2),
         "full": dict(n_train=50000, n_test=10000, epochs=200, batch_size=512, backbone="resnet18",
-                     queue_size=16384, hidden_dim=2048, ablation_epochs=50),
+                     queue_size=16384, hidden_dim=2048, ablation_epochs=50,
+                     crop_min=0.08, jitter_strength=0.5, tone_p=0.0),  # SimCLR's CIFAR views (appendix B.9)
     }
     lr: float = param(3e-3, "peak AdamW learning rate after warm-up", min=MIN_LR)
     method: str = param("simclr", "what the command-line job pre-trains; the notebook trains all three",
@@ -291,14 +292,14 @@ class ContrastiveConfig(TrainConfig):
     v3_momentum: float = param(0.9, "MoCo v3 key encoder EMA momentum at the start, rising to 1 on a cosine (paper "
                                "0.99; a short run learns the shape faster from a key encoder that keeps up)",
                                min=0.0, max=1.0)
-    crop_min: float = param(1.0, "smallest crop, as a share of the image area (1 = no crop; SimCLR 0.08: on 32 px "
-                            "scenes crops cut the objects off and, in minutes of training, cost shape accuracy)",
-                            min=0.01, max=1.0)
-    jitter_strength: float = param(0.0, "colour distortion strength s of SimCLR (CIFAR 0.5; 0 = no colour jitter and "
-                                   "no greyscale)", min=0.0, max=2.0)
+    crop_min: float = param(1.0, "smallest crop, as a share of the image area (1 = no crop; SimCLR 0.08, which the "
+                            "full preset takes: on 32 px scenes crops cut the objects off and, in minutes of "
+                            "training, cost shape accuracy)", min=0.01, max=1.0)
+    jitter_strength: float = param(0.0, "colour distortion strength s of SimCLR (CIFAR 0.5, the full preset's; 0 = no "
+                                   "colour jitter and no greyscale)", min=0.0, max=2.0)
     tone_p: float = param(1.0, "probability of a random tone curve per colour channel in each view: it breaks the "
-                          "colours of a scene and the relations between them, which jitter keeps (0 = off)",
-                          min=0.0, max=1.0)
+                          "colours of a scene and the relations between them, which jitter keeps (0 = off, the "
+                          "full preset's)", min=0.0, max=1.0)
     ablation_epochs: int = param(1, "epochs of each run of the collapse, batch-size, queue-size and augmentation "
                                  "experiments", min=1)
 
@@ -360,7 +361,7 @@ class NonContrastiveConfig(TrainConfig):
                     teacher_temp=0.02, warmup_teacher_temp=0.02),
         "full": dict(n_train=50000, n_test=10000, epochs=200, batch_size=512, backbone="resnet18", hidden_dim=2048,
                      proj_dim=256, out_dim=8192, n_local=6, dino_backbone="vit-tiny", ablation_epochs=30,
-                     attention_epochs=100),
+                     attention_epochs=100, crop_min=0.2),  # SimSiam's crops (BYOL 0.08, DINO's global 0.4)
     }
     lr: float = param(3e-3, "peak AdamW learning rate after warm-up", min=MIN_LR)
     method: str = param("byol", "what the command-line job pre-trains; the notebook trains all three",
@@ -387,9 +388,9 @@ class NonContrastiveConfig(TrainConfig):
                          min=0)
     local_size: int = param(16, "DINO local crop side in pixels (paper 96 against 224 for the global crops); ViT "
                             "backbones take their own image size", min=8)
-    crop_min: float = param(1.0, "smallest crop, as a share of the image area (1 = no crop; papers 0.08-0.4: on 32 px "
-                            "scenes crops cut the objects off and, in minutes of training, cost shape accuracy); "
-                            "DINO's local crops keep their own range", min=0.01, max=1.0)
+    crop_min: float = param(1.0, "smallest crop, as a share of the image area (1 = no crop; papers 0.08-0.4, the full "
+                            "preset 0.2: on 32 px scenes crops cut the objects off and, in minutes of training, cost "
+                            "shape accuracy); DINO's local crops keep their own range", min=0.01, max=1.0)
     jitter_strength: float = param(1.0, "scales the colour jitter of each method (1 = the paper, 0 = no colour jitter "
                                    "and no greyscale)", min=0.0, max=2.0)
     tone_p: float = param(0.0, "probability of a random tone curve per colour channel in each view (chapter 03's "
