@@ -65,6 +65,8 @@ CASES = [
     ("batch larger than the data", "00_tour", {"batch_size": 4096}, ["batch_size=4096", "n_train=1024",
                                                                       "at most 1024"]),
     ("unknown dataset", "00_tour", {"dataset": "imagenet"}, ["dataset='imagenet'", *map(repr, DATASET_NAMES)]),
+    ("CLIP on a data set without captions", "02_clip", {"dataset": "cifar10"},
+     ["dataset='cifar10'", "'shapes'", "'emoji'", "'openmoji'", "'openclipart'"]),
     ("unknown scale (preset)", "00_tour", {"scale": "huge"}, ["scale='huge'", "smoke", "lab", "full"]),
     ("unknown backbone", "00_tour", {"backbone": "vit-huge"}, ["backbone='vit-huge'", *map(repr, BACKBONE_NAMES)]),
     ("unknown precision", "00_tour", {"precision": "fp8"}, ["precision='fp8'", "'fp32'", "'bf16'"]),

@@ -155,6 +155,7 @@ class LabConfig:
 MIN_LR = 1e-8  # learning rates: a step size of 0 trains nothing
 from vfm_lab.backbones import BACKBONE_NAMES  # noqa: E402  (after the machinery, which they use)
 from vfm_lab.data import DATASET_NAMES  # noqa: E402
+from vfm_lab.data.icons import ICON_SETS  # noqa: E402
 from vfm_lab.runtime import resolve_device, resolve_precision  # noqa: E402
 
 
@@ -238,6 +239,8 @@ class ClipConfig(TrainConfig):
         "full": dict(n_train=100000, n_test=5000, epochs=30, batch_size=512, backbone="resnet18",
                      text_tower="scratch-b", embed_dim=256, compare_epochs=30, scaling_epochs=10, icon_epochs=30),
     }
+    dataset: str = param("shapes", "the image-caption pairs to train on (the other data sets have no captions)",
+                         choices=("shapes", *ICON_SETS))
     lr: float = param(1e-3, "peak AdamW learning rate after warm-up", min=MIN_LR)
     weight_decay: float = param(0.1, "AdamW weight decay (not on biases, norms and the temperature)", min=0.0)
     loss: str = param("clip", "clip: softmax over the batch (InfoNCE); siglip: a sigmoid per image-text pair",

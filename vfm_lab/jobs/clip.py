@@ -76,13 +76,10 @@ def clip_metrics(model: ClipModel, test: ImageSet, heldout: ImageSet | None = No
     return out
 
 
-def clip_splits(cfg: ClipConfig) -> tuple[ImageSet, ImageSet, ImageSet | None]:
+def clip_splits(cfg: ClipConfig) -> tuple[ImageSet, ImageSet, ImageSet]:
     """Train and test image-caption pairs at ``cfg.image_size``, and the zero-shot set: on ``shapes``
     test scenes whose main (shape, colour) never occurs in training, on the icon sets the test images
-    of the held-out categories; None for data sets without held-out classes."""
-    if cfg.dataset not in ("shapes", *ICON_SETS):
-        train, test = load_splits(cfg)
-        return train, test, None
+    of the held-out categories."""
     kw = dict(image_size=cfg.image_size, seed=cfg.seed)
     return (load(cfg.dataset, "train", n=cfg.n_train or None, **kw),
             load(cfg.dataset, "test", n=cfg.n_test or None, **kw),
