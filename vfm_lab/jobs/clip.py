@@ -15,7 +15,6 @@ from vfm_lab.data import DataMissingError, ImageSet, load
 from vfm_lab.data.icons import ICON_SETS
 from vfm_lab.engine import TrainResult, fit
 from vfm_lab.evaluate import evaluate_backbone, retrieval_recall, write_results
-from vfm_lab.jobs.common import load_splits
 from vfm_lab.methods.clip import TEMPLATES, ClipModel, embed_images, embed_texts, zero_shot_accuracy
 from vfm_lab.runtime import seed_everything
 
