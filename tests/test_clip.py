@@ -15,6 +15,7 @@ from torch import nn
 
 from tests.test_distributed import ROOT, torchrun
 from tests.test_real_data import write_idx
+from tests.toy import one_training_step
 from vfm_lab.backbones import build_backbone
 from vfm_lab.cli import expand_grid, plan_runs
 from vfm_lab.config import ClipConfig, ConfigError
@@ -102,6 +103,14 @@ def test_embeddings_are_unit_length_and_gradients_reach_every_part():
     emb = model.encode_text(["a", "b", "c"])
     assert emb.shape == (3, 16)
     torch.testing.assert_close(emb.norm(dim=1), torch.ones(3))
+
+
+def test_the_full_preset_builds_its_towers_and_takes_a_step():
+    cfg = ClipConfig.from_params(scale="full")
+    train = load("shapes", "train", n=8, image_size=cfg.image_size)
+    model = build_clip(cfg, train)
+    assert (model.backbone.name, model.encode_text(["a red star"]).shape) == ("resnet18", (1, 256))
+    one_training_step(model, train)
 
 
 def test_temperature_is_clipped_at_one_hundredth():

@@ -346,7 +346,7 @@ def test_the_full_preset_takes_simclrs_cifar_views_and_its_sizes_fit(name):
     model = build_contrastive(cfg, build_backbone(cfg.backbone, 3, cfg.image_size), name)
     assert (model.view1.crop_scale, model.view1.tone_p, model.view1.jitter_p, model.view1.hue) == \
         ((0.08, 1.0), 0.0, 0.8, 0.1)
-    one_training_step(model, cfg.image_size)
+    one_training_step(model, load("shapes", "train", n=8, image_size=cfg.image_size))
 
 
 def test_each_moco_takes_its_own_key_encoder_momentum():

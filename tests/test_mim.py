@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.toy import one_training_step
 from vfm_lab.backbones import PIXEL_MEAN, PIXEL_STD, build_backbone
 from vfm_lab.config import ConfigError, MIMConfig
 from vfm_lab.data import load
@@ -330,6 +331,9 @@ def test_config_and_builder():
         assert method({"image": train.images[:4].float() / 255})["loss"].ndim == 0
     with pytest.raises(ValueError, match="simmim"):
         build_mim(cfg, "mim", train)
+    full = MIMConfig.from_params(scale="full")  # the GPU preset's ViT fits every method
+    for name in MIM_METHODS:
+        one_training_step(build_mim(full, name, train), train)
     with pytest.raises(ConfigError, match="finetune_n_train"):
         MIMConfig.from_params(n_train=100, batch_size=32, finetune_n_train=200)
     with pytest.raises(ConfigError, match="vit-nano"):

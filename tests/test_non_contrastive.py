@@ -304,7 +304,7 @@ def test_the_full_preset_takes_the_papers_crops_and_its_sizes_fit(name):
         model = build_non_contrastive(cfg, build_backbone(backbone, 3, cfg.image_size), name)
         first = model.global_views[0] if name == "dino" else model.view1
         assert first.crop_scale == (0.2, 1.0) and first.jitter_p == 0.8 and first.tone_p == 0.0
-        one_training_step(model, cfg.image_size)
+        one_training_step(model, load("shapes", "train", n=8, image_size=cfg.image_size))
 
 
 # ---- collapse: the ablations, caught by the monitor ----------------------------------------

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from vfm_lab.backbones import build_backbone
-from vfm_lab.data import ImageSet, load
+from vfm_lab.data import ImageSet, batches, load
 from vfm_lab.engine import fit
 from vfm_lab.evaluate import extract_features, knn_accuracy
 
@@ -88,10 +88,10 @@ def short_ssl_run(build: Callable[[nn.Module], nn.Module], names: tuple[str, ...
     return before, {a: attribute_knn(model.backbone, train, test, a) for a in names}
 
 
-def one_training_step(model: nn.Module, image_size: int, batch_size: int = 4) -> None:
-    """One forward, backward and ``after_step`` of a method on random images: a finite loss and a gradient
-    in every backbone weight show that a preset's sizes fit together (heads, queue, views, backbone)."""
-    loss = model({"image": torch.rand(batch_size, 3, image_size, image_size)})["loss"]
+def one_training_step(model: nn.Module, data: ImageSet, batch_size: int = 4) -> None:
+    """One forward, backward and ``after_step`` of a method on a batch of ``data`` (the engine's batch dict):
+    a finite loss and a gradient in every backbone weight show that a preset's sizes fit together."""
+    loss = model(next(batches(data, batch_size)))["loss"]
     loss.backward()
     assert all(p.grad is not None for p in model.backbone.parameters() if p.requires_grad)
     if hasattr(model, "after_step"):
