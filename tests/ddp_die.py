@@ -5,6 +5,7 @@ import sys
 import time
 
 from tests.toy import LinearToy, toy_data
+from vfm_lab.distributed import leave_broken_group
 from vfm_lab.engine import fit
 
 
@@ -28,5 +29,6 @@ if __name__ == "__main__":
     except Exception as e:  # noqa: BLE001 - reported to the test, whatever the backend raises
         print(f"rank {os.environ['RANK']} stopped after {time.time() - start:.1f} s: {type(e).__name__}: {e}"[:300],
               flush=True)
+        leave_broken_group(3)  # as `vfm-lab train` does
         sys.exit(3)
     sys.exit(0)

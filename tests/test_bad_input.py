@@ -220,11 +220,27 @@ def test_a_lost_peer_becomes_one_clear_error(world, error, becomes, monkeypatch)
     assert str(error).split("]", 1)[-1].strip()[:40] in message  # the backend's own words are kept
 
 
-def test_the_command_line_prints_one_line_for_a_lost_peer(monkeypatch, capsys):
+@pytest.mark.parametrize("group_up", [False, True])
+def test_the_command_line_prints_one_line_for_a_lost_peer(group_up, monkeypatch, capsys):
+    """With a (broken) process group up, the process ends with code 1 at once, skipping the interpreter's
+    teardown of the group, which can abort; without one, ``main`` returns 1."""
     def dies(args):
         raise D.PeerStoppedError("rank 1 stopped (or stopped answering) while rank 0 of 2 waited for it")
+
+    class Exited(BaseException):
+        pass
+
+    def os_exit(code):
+        raise Exited(code)
     monkeypatch.setattr("vfm_lab.cli.train", dies)
-    assert main(["train", "01"]) == 1
+    monkeypatch.setattr(D, "is_distributed", lambda: group_up)
+    monkeypatch.setattr(D.os, "_exit", os_exit)
+    if group_up:
+        with pytest.raises(Exited) as e:
+            main(["train", "01"])
+        assert e.value.args == (1,)
+    else:
+        assert main(["train", "01"]) == 1
     assert capsys.readouterr().err == "vfm-lab: rank 1 stopped (or stopped answering) while rank 0 of 2 waited for it\n"
 
 

@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=bench)
     args = parser.parse_args(argv)
     from vfm_lab.config import ConfigError
-    from vfm_lab.distributed import PeerStoppedError
+    from vfm_lab.distributed import PeerStoppedError, leave_broken_group
 
     try:
         return args.func(args)
@@ -229,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except PeerStoppedError as e:  # `vfm-lab train` under torchrun: another rank died
         print(f"vfm-lab: {e}", file=sys.stderr)
+        leave_broken_group(1)
         return 1
 
 

@@ -14,6 +14,7 @@ import datetime
 import functools
 import os
 import re
+import sys
 from typing import Callable, TypeVar
 
 import torch
@@ -83,6 +84,17 @@ def reports_stopped_peers(fn: _F) -> _F:
                                    f"[{type(e).__name__}: {detail}]") from e
 
     return wrapper  # type: ignore[return-value]
+
+
+def leave_broken_group(code: int) -> None:
+    """After a :class:`PeerStoppedError` has been reported: end this process with ``code`` at once if a
+    process group is up. The group is broken, and the interpreter's own teardown of it at exit can abort
+    after the clear error ("terminate called without an active exception", SIGABRT instead of ``code``;
+    seen once in CI). Output is flushed first. Without a process group, this returns and nothing changes."""
+    if is_distributed():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def local_device(device: torch.device) -> torch.device:
