@@ -215,6 +215,22 @@ def test_cifar10_reads_the_python_pickles(tmp_path):
     assert real.load_cifar10("test", image_size=16, root=str(tmp_path)).images.shape == (2, 3, 16, 16)
 
 
+@pytest.mark.parametrize("image_size", [16, 32, 48])
+def test_a_job_sees_a_real_set_at_the_configured_image_size(image_size, tmp_path, monkeypatch):
+    """``image_size`` means the same on every data set: the jobs (chapters 00, 03-05) resize real images to it,
+    as notebook 01 does, instead of keeping CIFAR-10's 32 pixels or the image folder's default."""
+    from vfm_lab.config import ContrastiveConfig
+    from vfm_lab.jobs import load_splits
+
+    write_cifar(tmp_path / "cifar10")
+    monkeypatch.setenv("VFM_LAB_DATA", str(tmp_path))
+    cfg = ContrastiveConfig.from_params(scale="smoke", dataset="cifar10", n_train=0, n_test=0, batch_size=2,
+                                        image_size=image_size)
+    train, test = load_splits(cfg)
+    assert train.images.shape == (10, 3, image_size, image_size) and test.images.shape == (2, 3, image_size, image_size)
+    assert train.image_size == test.image_size == image_size
+
+
 def test_cifar10_missing_or_corrupt(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("VFM_LAB_DATA", raising=False)

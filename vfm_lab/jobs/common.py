@@ -20,11 +20,9 @@ from vfm_lab.runtime import resolve_device, seed_everything
 
 
 def load_splits(cfg: TrainConfig) -> tuple[ImageSet, ImageSet]:
-    """The train and test sets a config names (``n = 0``: all of a real data set; real
-    sets keep their own resolution, ``shapes`` is drawn at ``cfg.image_size``)."""
-    kw: dict[str, Any] = {"seed": cfg.seed}
-    if cfg.dataset == "shapes":
-        kw["image_size"] = cfg.image_size
+    """The train and test sets a config names (``n = 0``: all of a real data set), at ``cfg.image_size``
+    pixels a side: ``shapes`` is drawn at that size, a real set is resized to it, as notebook 01 does."""
+    kw: dict[str, Any] = {"seed": cfg.seed, "image_size": cfg.image_size}
     return (load(cfg.dataset, "train", n=cfg.n_train or None, **kw),
             load(cfg.dataset, "test", n=cfg.n_test or None, **kw))
 
