@@ -3,6 +3,7 @@ softmax, the class sampler's invariants, the Classifier wrapper, attribute-combi
 labels, and a tiny real training run that must learn the digits."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -13,11 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vfm_lab.backbones import build_backbone
+from vfm_lab.config import SupervisedConfig
 from vfm_lab.data import load
 from vfm_lab.engine import fit
 from vfm_lab.evaluate import predict
 from vfm_lab.methods.supervised import (LOSSES, Classifier, CosFaceHead, LinearHead, SampledSoftmaxHead, build_head,
                                         combination_labels)
+from tests.toy import one_training_step
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py: 10x faster on a busy CPU
@@ -174,6 +177,31 @@ def test_classifier_target_and_augment():
     model.eval()
     model(batch)
     assert len(calls) == 1  # no augmentation at evaluation
+
+
+# The models notebook 01 trains, as (loss, data set, target): sections 2-4, section 5 (thousands of classes), 6-7.
+FULL_RUNS = [("ce", "shapes", "label"), ("cosface", "shapes", "label"), ("ce", "shapes", "fine"),
+             ("sampled", "shapes", "fine"), ("ce", "digits", "label")]
+
+
+@pytest.mark.parametrize("loss, dataset, target", FULL_RUNS)
+def test_the_full_preset_builds_each_of_the_chapters_models_and_takes_a_step(loss, dataset, target):
+    """At ``full`` chapter 01 trains resnet18: with each head on ``shapes``, on the attribute combinations,
+    and on a one-channel real set (its real data sets are grey) resized to ``image_size``."""
+    cfg = SupervisedConfig.from_params(scale="full")
+    assert cfg.backbone == "resnet18"
+    data = load(dataset, "train", n=8, image_size=cfg.image_size)
+    num_classes = data.num_classes
+    if target == "fine":
+        names = ("shape", "colour", "size", "position", "count")
+        fine, num_classes = combination_labels(data.attributes, names,
+                                               {k: len(data.attribute_values[k]) for k in names})
+        data = dataclasses.replace(data, attributes={**data.attributes, "fine": fine})
+        assert num_classes > cfg.num_sampled  # sampling pays only when it leaves classes out
+    torch.manual_seed(0)
+    model = Classifier(build_backbone(cfg.backbone, data.channels, cfg.image_size), num_classes, loss,
+                       target=target, margin=cfg.margin, scale=cfg.cosface_scale, num_sampled=cfg.num_sampled)
+    one_training_step(model, data)
 
 
 # ---- attribute combinations -----------------------------------------------------------------
