@@ -231,32 +231,26 @@ def least_squares_factor(y: torch.Tensor, x: torch.Tensor, anchor: torch.Tensor)
     return (dx * dy).sum(1) / (dx * dx).sum(1)
 
 
-def test_jitter_brightness_alone_matches_torchvision_per_sample():
+# per jitter: the point each image is scaled about (y - anchor = f (x - anchor)), and torchvision's function of f
+JITTERS = {
+    "brightness": (torch.zeros_like, TF.adjust_brightness),
+    "contrast": (lambda x: TF.rgb_to_grayscale(x).mean(dim=(1, 2, 3), keepdim=True).expand_as(x), TF.adjust_contrast),
+    "saturation": (lambda x: TF.rgb_to_grayscale(x, num_output_channels=3), TF.adjust_saturation),
+}
+
+
+@pytest.mark.parametrize("name", JITTERS)
+def test_jitter_alone_matches_torchvision_per_sample(name):
+    """Each of brightness, contrast and saturation, alone at strength 0.4: every image is torchvision's
+    adjustment of it by its own factor f, and the factors spread over [0.6, 1.4]."""
+    anchor, adjust = JITTERS[name]
     x = in_gamut_images()
-    y = A.color_jitter(x, brightness=0.4, contrast=0, saturation=0, hue=0, p=1.0, generator=gen())
-    f = least_squares_factor(y, x, torch.zeros_like(x))
+    strengths = {k: (0.4 if k == name else 0) for k in JITTERS}
+    y = A.color_jitter(x, **strengths, hue=0, p=1.0, generator=gen())
+    f = least_squares_factor(y, x, anchor(x))
     assert ((f >= 0.6 - 1e-5) & (f <= 1.4 + 1e-5)).all() and f.std() > 0.1
     for i in range(len(x)):
-        torch.testing.assert_close(y[i], TF.adjust_brightness(x[i], float(f[i])), atol=1e-5, rtol=0)
-
-
-def test_jitter_contrast_alone_matches_torchvision_per_sample():
-    x = in_gamut_images()
-    y = A.color_jitter(x, brightness=0, contrast=0.4, saturation=0, hue=0, p=1.0, generator=gen())
-    mean = TF.rgb_to_grayscale(x).mean(dim=(1, 2, 3), keepdim=True).expand_as(x)
-    f = least_squares_factor(y, x, mean)
-    assert ((f >= 0.6 - 1e-5) & (f <= 1.4 + 1e-5)).all() and f.std() > 0.1
-    for i in range(len(x)):
-        torch.testing.assert_close(y[i], TF.adjust_contrast(x[i], float(f[i])), atol=1e-5, rtol=0)
-
-
-def test_jitter_saturation_alone_matches_torchvision_per_sample():
-    x = in_gamut_images()
-    y = A.color_jitter(x, brightness=0, contrast=0, saturation=0.4, hue=0, p=1.0, generator=gen())
-    f = least_squares_factor(y, x, TF.rgb_to_grayscale(x, num_output_channels=3))
-    assert ((f >= 0.6 - 1e-5) & (f <= 1.4 + 1e-5)).all() and f.std() > 0.1
-    for i in range(len(x)):
-        torch.testing.assert_close(y[i], TF.adjust_saturation(x[i], float(f[i])), atol=1e-5, rtol=0)
+        torch.testing.assert_close(y[i], adjust(x[i], float(f[i])), atol=1e-5, rtol=0)
 
 
 def yiq(x: torch.Tensor) -> torch.Tensor:
