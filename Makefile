@@ -36,14 +36,14 @@ run: setup data
 	$(BIN)/vfm-lab run all -p scale=$(SCALE)
 
 # Unit, learning and DDP tests, doctests, every notebook at smoke scale under nbval, and 00_tour in
-# JupyterLab in headless Chromium (build/browser/00_tour.png).
+# JupyterLab in headless Chromium (build/browser/00_tour.png); the 25 slowest are listed at the end.
 test: setup browser
 	rm -rf $(NBVAL) && mkdir -p $(NBVAL)
 	for nb in notebooks/*.ipynb; do \
 	  name=$$(basename $$nb .ipynb); \
 	  $(BIN)/papermill --prepare-only -p scale smoke -p out_dir $(CURDIR)/$(NBVAL)/runs/$$name $$nb $(NBVAL)/$$name.ipynb || exit 1; \
 	done
-	$(BIN)/python -m pytest --nbval-lax vfm_lab tests $(NBVAL)
+	$(BIN)/python -m pytest --nbval-lax --durations=25 vfm_lab tests $(NBVAL)
 
 # Engine overhead, shapes speed, and SSL steps against lightly (installed for the benchmark only).
 bench: setup
