@@ -306,6 +306,30 @@ def test_imagefolder_errors(tmp_path):
         real.load_imagefolder("train", root=str(tmp_path), channels=2)
 
 
+def test_a_chapter_finds_an_image_folder_in_the_data_folder(tmp_path, monkeypatch):
+    """``-p dataset=imagefolder`` names no folder: the loader looks where the other file-based sets are
+    looked for, and says where it looked when the tree is nowhere."""
+    from vfm_lab.config import ContrastiveConfig
+    from vfm_lab.jobs import load_splits
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("VFM_LAB_DATA", raising=False)
+    monkeypatch.setattr(real, "REPO_DATA", tmp_path / "checkout-data")
+    cfg = ContrastiveConfig.from_params(scale="smoke", dataset="imagefolder", n_train=0, n_test=0, batch_size=2,
+                                        image_size=12)
+    with pytest.raises(DataMissingError, match=r"no root= given and no folder at data/imagefolder.*pass root="):
+        load_splits(cfg)
+    for name in ("a", "b"):
+        for i in range(5):
+            write_png(tmp_path / "data" / "imagefolder" / name / f"{i}.png", (i * 40, 0, 0))
+    train, test = load_splits(cfg)
+    assert (len(train), len(test)) == (8, 2) and train.classes == ["a", "b"]
+    assert train.images.shape[1:] == (3, 12, 12)
+    monkeypatch.setenv("VFM_LAB_DATA", str(tmp_path / "env"))  # $VFM_LAB_DATA comes first
+    write_png(tmp_path / "env" / "imagefolder" / "train" / "c" / "0.png", (0, 0, 9))
+    assert real.load_imagefolder("train").classes == ["c"]
+
+
 # --- data_scripts: verify.py and fetch.sh ----------------------------------------------------------
 
 def test_verify_accepts_the_right_file_and_deletes_a_wrong_one(tmp_path):

@@ -122,17 +122,27 @@ def load_cifar10(split: str = "train", image_size: int | None = None, n: int | N
     return _finish("cifar10", images, labels, classes, image_size, n, seed)
 
 
-def load_imagefolder(split: str, root: str, image_size: int = 32, n: int | None = None, seed: int = 0,
-                     channels: int = 3) -> ImageSet:
+def load_imagefolder(split: str, root: str | None = None, image_size: int = 32, n: int | None = None,
+                     seed: int = 0, channels: int = 3) -> ImageSet:
     """A torchvision-style tree ``root/<split>/<class>/*.png`` (any of ``IMAGE_EXTENSIONS``).
 
     Without ``train``/``test`` subfolders, ``root/<class>/...`` is split 80/20 per class by a
     fixed seed. Classes are the sorted folder names of both splits; each image is centre-cropped
     to a square and resized to ``image_size``. ``extras["path"]`` holds each image's file.
+    Without ``root``, the tree is looked for in ``$VFM_LAB_DATA/imagefolder``, ``./data/imagefolder``
+    and the checkout's ``data/imagefolder``: where a chapter's ``dataset=imagefolder`` finds it.
     """
     _check_args(split, image_size)
     if channels not in (1, 3):
         raise ValueError(f"channels={channels!r} is not supported; choose 1 (grey) or 3 (RGB)")
+    if root is None:
+        places = _places("imagefolder")
+        found = [place for place in places if place.is_dir()]
+        if not found:
+            raise DataMissingError(f"imagefolder: no root= given and no folder at {', '.join(map(str, places))}; "
+                                   f"put your tree (<class>/*.png, or train/<class> and test/<class>) in one "
+                                   f"of them or pass root=")
+        root = str(found[0])
     paths, labels, classes, has_splits = _image_tree(Path(root), split)
     keep = np.arange(len(paths)) if has_splits else _fixed_split(labels, split)
     if len(keep) == 0:
@@ -231,13 +241,15 @@ def _finish(name: str, images: np.ndarray, labels: np.ndarray, classes: list[str
                     classes=list(classes))
 
 
+def _places(name: str) -> list[Path]:
+    """Where a file-based set is looked for, in order, when no ``root`` is given."""
+    env = [Path(os.environ["VFM_LAB_DATA"]) / name] if os.environ.get("VFM_LAB_DATA") else []
+    return env + [Path("data") / name, REPO_DATA / name] + SYSTEM_ROOTS.get(name, [])
+
+
 def _find_root(name: str, root: str | None, marker: str) -> Path:
     """The first folder that holds ``marker``: ``root`` alone when given, else the usual places."""
-    if root is not None:
-        places = [Path(root)]
-    else:
-        env = [Path(os.environ["VFM_LAB_DATA"]) / name] if os.environ.get("VFM_LAB_DATA") else []
-        places = env + [Path("data") / name, REPO_DATA / name] + SYSTEM_ROOTS.get(name, [])
+    places = [Path(root)] if root is not None else _places(name)
     for place in places:
         if (place / marker).is_file():
             return place
