@@ -19,14 +19,17 @@ fails because another rank died becomes one clear ``PeerStoppedError`` line.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import papermill
 import pytest
 import torch
 
+from tests.test_real_data import write_cifar
 from tests.toy import ToyMethod, toy_data
 from vfm_lab import distributed as D
 from vfm_lab.backbones import BACKBONE_NAMES
@@ -73,6 +76,27 @@ CASES = [
     ("unknown device name", "00_tour", {"device": "tpu"}, ["device='tpu'", "auto, cpu, cuda, cuda:N or mps"]),
     ("CUDA where there is none", "00_tour", {"device": NO_CUDA}, [f"device='{NO_CUDA}'", NO_CUDA_NAMED]),
     ("fp16 on the CPU", "00_tour", {"device": "cpu", "precision": "fp16"}, ["precision='fp16'", "'bf16' or 'fp32'"]),
+    # found by trying inputs the table did not list: each failed only after loading data or training, with a traceback
+    ("ViT patches that do not tile the image", "05_mim", {"image_size": 30},
+     ["image_size=30", "patch size 4", "backbone='vit-nano'", "28 or 32"]),
+    ("DINO's ViT patches that do not tile the image", "04_non_contrastive", {"image_size": 30},
+     ["image_size=30", "dino_backbone='vit-nano'", "28 or 32"]),
+    ("one image per batch for CLIP", "02_clip", {"batch_size": 1}, ["batch_size=1", "minimum 2"]),
+    ("one image per batch for SimCLR", "03_contrastive", {"batch_size": 1}, ["batch_size=1", "minimum 2"]),
+    ("one image per batch for BYOL", "04_non_contrastive", {"batch_size": 1}, ["batch_size=1", "minimum 2"]),
+    ("one held-out image", "03_contrastive", {"n_test": 1}, ["n_test=1", "at least 2", "0 for all"]),
+    ("shapes smaller than it draws", "00_tour", {"image_size": 8}, ["image_size=8", "dataset='shapes'",
+                                                                     "at least 16"]),
+    ("DINO local crops larger than the image", "04_non_contrastive", {"local_size": 64},
+     ["local_size=64", "image_size=32", "at most 32"]),
+    ("mask squares that do not tile the patches", "05_mim", {"mask_block": 3}, ["mask_block=3", "8x8",
+                                                                                 "1, 2, 4, 8"]),
+    ("MAE masking that hides nothing", "05_mim", {"mask_ratio": 0.0}, ["mask_ratio=0.0", "hides no patch",
+                                                                       "above 0"]),
+    ("SimMIM masking that hides nothing", "05_mim", {"mask_token_ratio": 0.0}, ["mask_token_ratio=0.0",
+                                                                                 "hides no patch", "above 0"]),
+    ("a codebook larger than its patches", "05_mim", {"codebook_size": 40000},
+     ["codebook_size=40000", "32768 patches of n_train=512"]),
 ]
 if METHOD_CHAPTER:
     choices = dict((f.name, f.metadata["choices"]) for f in dataclasses.fields(CONFIGS[METHOD_CHAPTER]))["method"]
@@ -117,11 +141,90 @@ def test_bad_input_is_refused_naming_the_value_and_the_choices(what, chapter, pa
             assert word in message, f"{door}: {message!r} does not name {word!r}"
 
 
-def test_unknown_chapter_and_malformed_parameter_on_the_command_line(tmp_path, no_notebook_runs):
-    with pytest.raises(SystemExit, match="unknown chapter '99'; choose 'all' or one of 00_tour"):
-        main(["run", "99", "--runs-dir", str(tmp_path)])
-    with pytest.raises(SystemExit, match="-p 'epochs': parameters are key=value"):
-        main(["run", "00", "-p", "epochs", "--runs-dir", str(tmp_path)])
+# ---- every failure of the command line is one line ---------------------------------------------
+def corrupt_cifar10(tmp_path):
+    """A CIFAR-10 folder in $VFM_LAB_DATA whose third batch is cut short."""
+    write_cifar(tmp_path / "data" / "cifar10")
+    batch = tmp_path / "data" / "cifar10" / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[:40])
+
+
+def junk_checkpoint(tmp_path):
+    """A run folder whose checkpoint is not a checkpoint."""
+    (tmp_path / "run" / "train-ce").mkdir(parents=True)
+    (tmp_path / "run" / "train-ce" / "checkpoint.pt").write_text("not a checkpoint")
+
+
+def grid_file(text):
+    return lambda tmp_path: (tmp_path / "grid.yaml").write_text(text)
+
+
+SMALL = ["-p", "n_train=64", "-p", "n_test=32", "-p", "batch_size=32"]
+# (what goes wrong, set-up in tmp_path, argv, exit status, words the one line must hold)
+FAILURES = [
+    ("unknown chapter", None, ["run", "99"], 2, ["unknown chapter '99'", "choose 'all' or one of 00_tour"]),
+    ("malformed parameter", None, ["run", "00", "-p", "epochs"], 2, ["-p 'epochs'", "key=value"]),
+    ("a grid file that does not exist", None, ["run", "01", "--grid", "{tmp}/nowhere.yaml"], 2,
+     ["--grid '{tmp}/nowhere.yaml'", "cannot read it", "No such file"]),
+    ("a grid file that is not YAML", grid_file("lr: [0.1, 0.2\nepochs: 2\n"),
+     ["run", "01", "--grid", "{tmp}/grid.yaml"], 2,
+     ["grid.yaml' is not valid YAML at line 2, column 7", "expected ',' or ']'"]),
+    ("data missing", None, ["train", "03", "-p", "dataset=cifar10"], 1,
+     ["cifar10 is not on this machine", "{tmp}/data/cifar10", "bash data_scripts/fetch.sh cifar10"]),
+    ("a corrupt data file", corrupt_cifar10, ["train", "03", "-p", "dataset=cifar10"], 1,
+     ["data_batch_3 is corrupt or incomplete", "fetch.sh cifar10"]),
+    ("an unreadable checkpoint", junk_checkpoint,
+     ["train", "01", *SMALL, "-p", "epochs=1", "-p", "out_dir={tmp}/run"], 1,
+     ["checkpoint.pt is not a readable checkpoint", "resume=False"]),
+    # 3 epochs of 2 steps: nan at step 2 for every lr from 1e10 to 1e30 here (at 1e35 AdamW itself overflows)
+    ("a loss that is not finite", None, ["train", "01", *SMALL, "-p", "epochs=3", "-p", "lr=1e20", "-p",
+                                         "out_dir={tmp}/nan"], 1, ["loss is ", " at step ", "Try a lower lr",
+                                                                   "{tmp}/nan/train-ce"]),
+    ("an out_dir that cannot be a folder", grid_file(""), ["train", "01", "-p", "out_dir={tmp}/grid.yaml/run"], 2,
+     ["out_dir='{tmp}/grid.yaml/run' cannot be a folder", "is a file"]),
+    ("a shape the ViT cannot cut", None, ["train", "05", "-p", "image_size=30"], 2,
+     ["image_size=30 is not divisible by the patch size 4"]),
+]
+
+
+@pytest.mark.parametrize("what, setup, argv, status, named", FAILURES, ids=[f[0] for f in FAILURES])
+def test_every_failure_of_the_command_line_is_one_line(what, setup, argv, status, named, tmp_path, monkeypatch,
+                                                       capsys, no_notebook_runs):
+    """`vfm-lab run` and `vfm-lab train` end each failure with one line on stderr, `vfm-lab: ...`, and its exit
+    status (2: bad parameters, refused before any work; 1: the rest), with no traceback."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VFM_LAB_DATA", str(tmp_path / "data"))
+    monkeypatch.delenv("VFM_LAB_DEBUG", raising=False)
+    if setup:
+        setup(tmp_path)
+    fill = lambda text: text.replace("{tmp}", str(tmp_path))
+    assert main([fill(a) for a in argv]) == status
+    err = capsys.readouterr().err
+    line = err.splitlines()[-1]
+    assert line.startswith("vfm-lab: ") and "Traceback" not in err
+    for word in named:
+        assert fill(word) in line, f"{line!r} does not name {fill(word)!r}"
+
+
+@pytest.mark.parametrize("error, status, line", [
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied\n(64x10 and 12x3)"), 1,
+     "vfm-lab: RuntimeError: mat1 and mat2 shapes cannot be multiplied (64x10 and 12x3) (unexpected; rerun with "
+     "--debug for the traceback and report it)"),
+    (KeyboardInterrupt(), 130, "vfm-lab: interrupted; run the same command again to resume from the last checkpoint"),
+    (PermissionError(13, "Permission denied", "/runs/x"), 1, "vfm-lab: [Errno 13] Permission denied: '/runs/x'"),
+])
+def test_an_unexpected_error_is_one_line_too_and_debug_shows_the_traceback(error, status, line, monkeypatch, capsys):
+    def fails(args):
+        raise error
+    monkeypatch.setattr("vfm_lab.cli.train", fails)
+    monkeypatch.delenv("VFM_LAB_DEBUG", raising=False)
+    assert main(["train", "01"]) == status
+    assert capsys.readouterr().err == line + "\n"
+    for argv, env in ((["--debug", "train", "01"], None), (["train", "01", "--debug"], None), (["train", "01"], "1")):
+        if env:
+            monkeypatch.setenv("VFM_LAB_DEBUG", env)
+        with pytest.raises(type(error)):
+            main(argv)
 
 
 def test_a_good_configuration_still_builds():
@@ -267,6 +370,21 @@ def table() -> str:
         short = lambda text: text if len(text) <= 200 else text[:197] + "..."
         given = " ".join(f"-p {k}={v}" for k, v in params.items())
         rows.append(f"| {what} | `{chapter}` `{given}` | {short(message)} | {short(cli)} |")
+    rows += ["", "| what goes wrong | command | exit | the one line on stderr |", "|---|---|---|---|"]
+    for what, setup, argv, _, _ in FAILURES:  # each in a fresh folder that is also $VFM_LAB_DATA's parent
+        with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stderr(io.StringIO()) as err:
+            cwd, os.environ["VFM_LAB_DATA"] = os.getcwd(), f"{tmp}/data"
+            os.chdir(tmp)
+            try:
+                if setup:
+                    setup(Path(tmp))
+                status = main([a.replace("{tmp}", tmp) for a in argv])
+            finally:
+                os.chdir(cwd)
+                del os.environ["VFM_LAB_DATA"]
+            line = err.getvalue().strip().splitlines()[-1].replace(tmp, "$TMP")
+        command = "vfm-lab " + " ".join(argv).replace("{tmp}", "$TMP")
+        rows.append(f"| {what} | `{command}` | {status} | {line} |")
     return "\n".join(rows)
 
 

@@ -39,8 +39,8 @@ def test_parse_params():
     assert parse_params([]) == {}
 
 
-def test_parse_params_without_equals_exits_with_a_message():
-    with pytest.raises(SystemExit, match="-p 'lab': parameters are key=value"):
+def test_parse_params_without_equals_is_refused_with_a_message():
+    with pytest.raises(ConfigError, match="-p 'lab': parameters are key=value"):
         parse_params(["epochs=2", "lab"])
 
 
@@ -55,14 +55,14 @@ def test_resolve_chapters(names, expected):
 
 
 @pytest.mark.parametrize("name", ["99", "supervised", "001", "01_supervise"])
-def test_unknown_chapter_exits_naming_the_valid_ones(name):
-    with pytest.raises(SystemExit, match=f"unknown chapter '{name}'") as e:
+def test_unknown_chapter_is_refused_naming_the_valid_ones(name):
+    with pytest.raises(ConfigError, match=f"unknown chapter '{name}'") as e:
         resolve_chapters([name])
     assert all(chapter in str(e.value) for chapter in ["'all'", *CHAPTERS])
 
 
 # ---- grids ------------------------------------------------------------------------------
-def test_grid_mapping_of_lists_is_the_cartesian_product(tmp_path):
+def test_grid_mapping_of_lists_is_the_cartesian_product_and_a_plain_value_is_one_value(tmp_path):
     path = tmp_path / "sweep.yaml"
     path.write_text("lr: [0.001, 0.01]\nepochs: [1, 2, 3]\nscale: lab\n")
     grid = expand_grid(path)
@@ -78,19 +78,32 @@ def test_grid_list_of_mappings_is_taken_as_is(tmp_path):
 
 
 @pytest.mark.parametrize("text", ["3\n", "just a string\n", ""])
-def test_grid_of_another_shape_exits_with_a_message(tmp_path, text):
+def test_grid_of_another_shape_is_refused_with_a_message(tmp_path, text):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
-    with pytest.raises(SystemExit, match="a grid is a mapping of lists or a list of mappings") as e:
+    with pytest.raises(ConfigError, match="a grid is a mapping of lists .* or a list of mappings") as e:
         expand_grid(path)
     assert str(path) in str(e.value)
 
 
-def test_grid_list_of_non_mappings_exits_with_a_message(tmp_path):
+@pytest.mark.parametrize("text, match", [
+    ("- scale=lab\n- scale=smoke\n", "list of mappings"),
+    ("[]\n", "a grid is a mapping of lists"),
+    ("batch_size: []\nscale: lab\n", "'batch_size' is an empty list, which makes no runs"),
+    ("batch_size: [32, 64\nscale: lab\n", r"is not valid YAML at line 2, column 6: expected ',' or ']'"),
+    ("lr: 0.1\n  epochs: 2\n", "is not valid YAML at line 2, column 9: mapping values are not allowed here"),
+])
+def test_a_grid_that_makes_no_runs_or_does_not_parse_is_refused_naming_where(tmp_path, text, match):
     path = tmp_path / "bad.yaml"
-    path.write_text("- scale=lab\n- scale=smoke\n")
-    with pytest.raises(SystemExit, match="list of mappings"):
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match) as e:
         expand_grid(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_missing_grid_file_is_refused_naming_it(tmp_path):
+    with pytest.raises(ConfigError, match=r"--grid '.*nowhere\.yaml': cannot read it \(No such file or directory\)"):
+        expand_grid(tmp_path / "nowhere.yaml")
 
 
 # ---- run folders ------------------------------------------------------------------------
@@ -152,11 +165,10 @@ def test_plan_runs_refuses_a_non_string_scale_as_a_config_error(tmp_path):
         plan_runs(["00_tour"], {"scale": 3}, [], tmp_path)
 
 
-def test_plan_runs_with_out_dir_parameter_does_not_crash(tmp_path):
-    try:
-        plan_runs(["00_tour"], {"out_dir": "mine"}, [], tmp_path)
-    except ConfigError:
-        pass  # refusing out_dir with a message is fine too
+def test_plan_runs_refuses_an_out_dir_parameter(tmp_path):
+    for common, grid in (({"out_dir": "mine"}, []), ({}, [{"out_dir": "mine"}])):
+        with pytest.raises(ConfigError, match="out_dir is set by the runner .* leave it out of -p and the grid"):
+            plan_runs(["00_tour"], common, grid, tmp_path)
 
 
 def test_plan_runs_grid_chapter_written_as_a_yaml_number(tmp_path):

@@ -23,6 +23,7 @@ from vfm_lab.backbones import BACKBONE_NAMES
 from vfm_lab.config import (CONFIGS, SCALES, ConfigError, LabConfig, SupervisedConfig, TourConfig,
                             TrainConfig)
 from vfm_lab.data import DATASET_NAMES
+from vfm_lab.data.shapes import IMAGE_SIZES as SHAPES_IMAGE_SIZES
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -270,6 +271,9 @@ def valid_params(draw, cls):
     params = {name: draw(value_in(kind, lo, hi)) for name, kind, lo, hi in numeric_fields(cls)}
     if issubclass(cls, TrainConfig) and params["n_train"]:
         params["batch_size"] = draw(st.integers(1, params["n_train"]))
+    if issubclass(cls, TrainConfig):  # the rules between fields: shapes (the default data) draws from 16 px up,
+        params["image_size"] = draw(st.integers(SHAPES_IMAGE_SIZES[0], 512))  # and one held-out image is refused
+        params["n_test"] = draw(st.just(0) | st.integers(2, 10**6))
     params["scale"] = draw(st.sampled_from(SCALES))
     return params
 

@@ -64,6 +64,7 @@ _VITS = {
     "vit-nano": dict(embed_dim=128, depth=4, num_heads=4),   # head dim 32, mlp 512
     "vit-tiny": dict(embed_dim=192, depth=12, num_heads=3),  # DeiT-Tiny: head dim 64, mlp 768
 }
+VIT_NAMES = tuple(_VITS)
 DEFAULT_PATCH_SIZE = 4
 
 PIXEL_MEAN = 0.5  # every channel: (x - PIXEL_MEAN) / PIXEL_STD maps [0, 1] to [-2, 2]

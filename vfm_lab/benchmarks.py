@@ -11,7 +11,7 @@
   and DINO against the same method written with lightly [0] (its heads, losses, momentum
   helpers and transforms, in its documented DataLoader pipeline) on the same backbone,
   batch, view recipes, optimizer and precision; and where the time goes (augmentation
-  against the model's forward, backward and update). Needs ``pip install -e ".[bench]"``.
+  against the model's forward, backward and update). Needs lightly (``pip install -e ".[test]"``).
 - mim: images per second of an MAE training step against a SimMIM step on the same ViT,
   and of their encoders alone: MAE's encoder runs on the visible quarter of the patches (17 of
   65 tokens at 32 px with the class token) and a narrow decoder fills in the rest; SimMIM's
@@ -229,8 +229,8 @@ def bench_ssl(methods: tuple[str, ...] = ("simclr", "byol", "dino"), repeats: in
     try:
         import lightly  # noqa: F401
     except ImportError:
-        raise SystemExit('the ssl benchmark compares against lightly: pip install -c constraints.txt -e ".[bench]" '
-                         '(make bench does it)') from None
+        raise SystemExit('the ssl benchmark compares against lightly: pip install -c constraints.txt -e ".[test]" '
+                         '(make setup does it)') from None
     dtype = resolve_precision("auto", torch.device("cpu"))
     data = load("shapes", "train", n=SSL_BATCH * SSL_STEPS, image_size=SIZE)
     out: dict[str, float] = {}

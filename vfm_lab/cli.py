@@ -7,6 +7,11 @@
     vfm-lab bench engine                         # engine overhead vs a hand-written loop
     vfm-lab bench ssl                            # SimCLR, BYOL, DINO steps vs lightly
     vfm-lab bench mim                            # MAE vs SimMIM training throughput
+
+Every failure ends in one line on stderr: ``vfm-lab: <what was wrong and what to do>``, exit
+status 2 for bad parameters and 1 for the rest (missing or corrupt data, an unusable checkpoint
+or output folder, a diverged run, a lost peer; anything unexpected is named by its type).
+``--debug`` (or ``VFM_LAB_DEBUG=1``) shows the Python traceback instead.
 """
 from __future__ import annotations
 
@@ -15,11 +20,16 @@ import ast
 import csv
 import itertools
 import json
+import os
 import re
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from vfm_lab.config import CONFIGS, ConfigError
+from vfm_lab.distributed import PeerStoppedError, leave_broken_group
+from vfm_lab.errors import LabError
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -36,7 +46,7 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
     params = {}
     for pair in pairs:
         if "=" not in pair:
-            raise SystemExit(f"-p {pair!r}: parameters are key=value, for example -p scale=lab")
+            raise ConfigError(f"-p {pair!r}: parameters are key=value, for example -p scale=lab")
         key, value = pair.split("=", 1)
         params[key.strip()] = parse_value(value.strip())
     return params
@@ -44,8 +54,6 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
 
 def resolve_chapters(names: list[str]) -> list[str]:
     """``all``, full names (``01_supervised``) or their number (``01``, ``1``)."""
-    from vfm_lab.config import CONFIGS
-
     chapters = sorted(CONFIGS)
     if names == ["all"] or not names:
         return chapters
@@ -53,23 +61,42 @@ def resolve_chapters(names: list[str]) -> list[str]:
     for name in map(str, names):
         match = [c for c in chapters if c == name or c.split("_")[0] == name.zfill(2)]
         if not match:
-            raise SystemExit(f"unknown chapter {name!r}; choose 'all' or one of {', '.join(chapters)}")
+            raise ConfigError(f"unknown chapter {name!r}; choose 'all' or one of {', '.join(chapters)}")
         out += [c for c in match if c not in out]
     return out
 
 
 def expand_grid(path: Path) -> list[dict[str, Any]]:
-    """A YAML grid: a mapping of lists (their cartesian product) or a list of mappings."""
+    """A YAML grid: a mapping of lists (their cartesian product) or a list of mappings.
+
+    In a mapping, a plain value is a one-value list on purpose: ``scale: lab`` with
+    ``batch_size: [32, 64]`` is two runs, both at ``lab``. A file that cannot be read or parsed
+    (named with the line and column), an empty list (no runs) and any other shape are refused.
+    """
     import yaml
 
-    grid = yaml.safe_load(path.read_text())
-    if isinstance(grid, list) and all(isinstance(g, dict) for g in grid):
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"--grid {str(path)!r}: cannot read it ({e.strerror})") from None
+    try:
+        grid = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        why = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ConfigError(f"--grid {str(path)!r} is not valid YAML{where}: {why}") from None
+    shape = "a grid is a mapping of lists (their product) or a list of mappings (one run each)"
+    if isinstance(grid, list) and grid and all(isinstance(g, dict) for g in grid):
         return grid
-    if isinstance(grid, dict):
-        keys = list(grid)
+    if isinstance(grid, dict) and grid:
         values = [v if isinstance(v, list) else [v] for v in grid.values()]
-        return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
-    raise SystemExit(f"{path}: a grid is a mapping of lists or a list of mappings")
+        empty = [k for k, v in zip(grid, values) if not v]
+        if empty:
+            raise ConfigError(f"--grid {str(path)!r}: {empty[0]!r} is an empty list, which makes no runs; "
+                              f"give it at least one value or leave it out")
+        return [dict(zip(grid, combo)) for combo in itertools.product(*values)]
+    raise ConfigError(f"--grid {str(path)!r} holds {type(grid).__name__} {str(grid)[:60]!r}; {shape}")
 
 
 def natural_key(path: Path) -> list[Any]:
@@ -86,8 +113,6 @@ def run_name(params: dict[str, Any]) -> str:
 def plan_runs(chapters: list[str], common: dict[str, Any], grid: list[dict[str, Any]], runs_dir: Path
               ) -> list[tuple[str, dict[str, Any], Path]]:
     """Every (chapter, parameters, run folder), validated before anything runs."""
-    from vfm_lab.config import CONFIGS, ConfigError
-
     plans = []
     for chapter in chapters:
         for extra in grid or [{}]:
@@ -178,12 +203,11 @@ def leaderboard(runs_dir: Path) -> str:
 
 def train(args: argparse.Namespace) -> int:
     """Train a chapter's method from the command line (under torchrun: DDP)."""
-    from vfm_lab.config import CONFIGS
     from vfm_lab.jobs import JOBS
 
     chapter = resolve_chapters([args.chapter])[0]
     if chapter not in JOBS:
-        raise SystemExit(f"chapter {chapter} has no command-line job; choose one of {', '.join(JOBS)}")
+        raise ConfigError(f"chapter {chapter} has no command-line job; choose one of {', '.join(JOBS)}")
     cfg = CONFIGS[chapter].from_params(**parse_params(args.param))
     results = JOBS[chapter](cfg)
     print(json.dumps(results, indent=1))
@@ -196,41 +220,59 @@ def bench(args: argparse.Namespace) -> int:
     return run_benchmarks(args.what)
 
 
+def report(error: BaseException) -> int:
+    """Print ``error`` as one line on stderr and return the exit status (2: bad parameters)."""
+    if isinstance(error, KeyboardInterrupt):
+        message, status = "interrupted; run the same command again to resume from the last checkpoint", 130
+    elif isinstance(error, LabError):
+        message, status = str(error), 2 if isinstance(error, ConfigError) else 1
+    elif isinstance(error, OSError) and error.strerror:  # a file or folder of the user's: the OS says which
+        message, status = str(error), 1
+    else:
+        message, status = (f"{type(error).__name__}: {error} (unexpected; rerun with --debug for the "
+                           f"traceback and report it)"), 1
+    print("vfm-lab: " + " ".join(message.split()), file=sys.stderr)
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vfm-lab", description=__doc__,
+    debug = argparse.ArgumentParser(add_help=False)  # --debug before or after the command
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the Python traceback of a failure (also VFM_LAB_DEBUG=1)")
+    parser = argparse.ArgumentParser(prog="vfm-lab", description=__doc__, parents=[debug],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("run", help="execute chapters with papermill and gather a leaderboard")
+    p = sub.add_parser("run", parents=[debug], help="execute chapters with papermill and gather a leaderboard")
     p.add_argument("chapters", nargs="*", default=["all"], help="'all', or chapter names/numbers")
     p.add_argument("-p", "--param", action="append", default=[], help="key=value for every run")
-    p.add_argument("--grid", help="YAML grid of parameters (mapping of lists, or list of mappings)")
+    p.add_argument("--grid", help="YAML grid of parameters: a mapping of lists (their product; a plain value is "
+                   "one value) or a list of mappings (one run each)")
     p.add_argument("--runs-dir", default="runs", help="where the run folders go")
     p.add_argument("--force", action="store_true", help="rerun runs that finished before")
     p.add_argument("--quiet", action="store_true", help="no per-cell progress bar")
     p.set_defaults(func=run)
-    p = sub.add_parser("leaderboard", help="gather runs/**/results.json into one table")
+    p = sub.add_parser("leaderboard", parents=[debug], help="gather runs/**/results.json into one table")
     p.add_argument("--runs-dir", default="runs")
     p.set_defaults(func=lambda a: print(leaderboard(Path(a.runs_dir).resolve())) or 0)
-    p = sub.add_parser("train", help="train a chapter's method from the command line (torchrun: DDP)")
+    p = sub.add_parser("train", parents=[debug],
+                       help="train a chapter's method from the command line (torchrun: DDP)")
     p.add_argument("chapter")
     p.add_argument("-p", "--param", action="append", default=[], help="key=value")
     p.set_defaults(func=train)
-    p = sub.add_parser("bench", help="benchmarks: engine overhead, shapes generation speed, SSL against lightly")
+    p = sub.add_parser("bench", parents=[debug],
+                       help="benchmarks: engine overhead, shapes generation speed, SSL against lightly")
     p.add_argument("what", choices=("engine", "shapes", "ssl", "mim", "all"))
     p.set_defaults(func=bench)
     args = parser.parse_args(argv)
-    from vfm_lab.config import ConfigError
-    from vfm_lab.distributed import PeerStoppedError, leave_broken_group
-
     try:
         return args.func(args)
-    except ConfigError as e:
-        print(f"vfm-lab: {e}", file=sys.stderr)
-        return 2
-    except PeerStoppedError as e:  # `vfm-lab train` under torchrun: another rank died
-        print(f"vfm-lab: {e}", file=sys.stderr)
-        leave_broken_group(1)
-        return 1
+    except (Exception, KeyboardInterrupt) as e:
+        if getattr(args, "debug", False) or os.environ.get("VFM_LAB_DEBUG", "") not in ("", "0"):
+            raise
+        status = report(e)
+        if isinstance(e, PeerStoppedError):  # `vfm-lab train` under torchrun: another rank died
+            leave_broken_group(status)
+        return status
 
 
 if __name__ == "__main__":

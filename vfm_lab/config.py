@@ -23,16 +23,20 @@ import difflib
 import hashlib
 import json
 import math
+import os
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
+
+from vfm_lab.errors import LabError
 
 SCALES = ("smoke", "lab", "full")
 # Names a Jupyter kernel defines in a notebook's global scope that are not parameters.
 _KERNEL_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open", "display"}
 
 
-class ConfigError(ValueError):
+class ConfigError(LabError, ValueError):
     """A parameter that is unknown, of the wrong type or out of range."""
 
 
@@ -130,6 +134,7 @@ class LabConfig:
             values = {k: v for k, v in self.to_dict().items() if k != "out_dir"}
             digest = hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
             self.out_dir = f"runs/{self.CHAPTER or type(self).__name__}/{self.scale}-{digest}"
+        check_out_dir(self.out_dir)
 
     # ---- showing --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -151,11 +156,25 @@ class LabConfig:
         return "\n".join(lines)
 
 
+def check_out_dir(out_dir: str) -> None:
+    """An out_dir that can never become a writable folder is refused with the config, before any work
+    (nothing is created here: the run makes the folder when it starts)."""
+    path = Path(out_dir).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"out_dir={out_dir!r} cannot be a folder: {str(existing)!r} is a file; "
+                          f"choose another out_dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"out_dir={out_dir!r} cannot be written: {str(existing)!r} is not writable by this user; "
+                          f"choose another out_dir")
+
+
 # ---- the chapters -----------------------------------------------------------------------
 MIN_LR = 1e-8  # learning rates: a step size of 0 trains nothing
-from vfm_lab.backbones import BACKBONE_NAMES  # noqa: E402  (after the machinery, which they use)
+from vfm_lab.backbones import BACKBONE_NAMES, DEFAULT_PATCH_SIZE, VIT_NAMES  # noqa: E402  (after the machinery)
 from vfm_lab.data import DATASET_NAMES  # noqa: E402
 from vfm_lab.data.icons import ICON_SETS  # noqa: E402
+from vfm_lab.data.shapes import IMAGE_SIZES as SHAPES_IMAGE_SIZES  # noqa: E402
 from vfm_lab.runtime import resolve_device, resolve_precision  # noqa: E402
 
 
@@ -185,6 +204,23 @@ class TrainConfig(LabConfig):
         if self.n_train and self.batch_size > self.n_train:
             raise ConfigError(f"batch_size={self.batch_size} is larger than n_train={self.n_train}; "
                               f"choose a batch_size of at most {self.n_train}")
+        if self.n_test == 1:
+            raise ConfigError("n_test=1: the evaluations compare held-out images with each other; choose at least 2 "
+                              "(or 0 for all)")
+        lo, hi = SHAPES_IMAGE_SIZES
+        if self.dataset == "shapes" and self.image_size < lo:
+            raise ConfigError(f"image_size={self.image_size} is below what dataset='shapes' draws ({lo} to {hi} "
+                              f"pixels a side); choose an image_size of at least {lo}")
+        check_patches(self, "backbone")
+
+
+def check_patches(cfg: TrainConfig, field: str) -> None:
+    """A ViT cuts the image into squares of DEFAULT_PATCH_SIZE pixels: an image size it does not divide
+    is refused with the config, not later when the backbone is built."""
+    backbone, size, p = getattr(cfg, field), cfg.image_size, DEFAULT_PATCH_SIZE
+    if backbone in VIT_NAMES and size % p:
+        raise ConfigError(f"image_size={size} is not divisible by the patch size {p} of {field}={backbone!r}; "
+                          f"choose a multiple of {p} (for example {size // p * p} or {size // p * p + p})")
 
 
 @dataclass
@@ -241,6 +277,8 @@ class ClipConfig(TrainConfig):
     }
     dataset: str = param("shapes", "the image-caption pairs to train on (the other data sets have no captions)",
                          choices=("shapes", *ICON_SETS))
+    batch_size: int = param(128, "image-caption pairs per step and process: each image's caption is told apart from "
+                            "the batch's other captions, so at least 2", min=2)
     lr: float = param(1e-3, "peak AdamW learning rate after warm-up", min=MIN_LR)
     weight_decay: float = param(0.1, "AdamW weight decay (not on biases, norms and the temperature)", min=0.0)
     loss: str = param("clip", "clip: softmax over the batch (InfoNCE); siglip: a sigmoid per image-text pair",
@@ -277,6 +315,8 @@ class ContrastiveConfig(TrainConfig):
                      queue_size=16384, hidden_dim=2048, ablation_epochs=50,
                      crop_min=0.08, jitter_strength=0.5, tone_p=0.0),  # SimCLR's CIFAR views (appendix B.9)
     }
+    batch_size: int = param(128, "images per step and process: each image's views are told apart from the batch's "
+                            "other images (and BatchNorm needs two), so at least 2", min=2)
     lr: float = param(3e-3, "peak AdamW learning rate after warm-up", min=MIN_LR)
     method: str = param("simclr", "what the command-line job pre-trains; the notebook trains all three",
                         choices=("simclr", "moco_v2", "moco_v3"))
@@ -350,6 +390,19 @@ class MIMConfig(TrainConfig):
         if self.finetune_n_train > self.n_train > 0:
             raise ConfigError(f"finetune_n_train={self.finetune_n_train} is more than n_train={self.n_train}; "
                               f"fine-tuning uses the first images of the training set: choose at most {self.n_train}")
+        grid = self.image_size // DEFAULT_PATCH_SIZE  # patches a side (check_patches: it divides)
+        if grid % self.mask_block:
+            blocks = ", ".join(str(b) for b in range(1, grid + 1) if grid % b == 0)
+            raise ConfigError(f"mask_block={self.mask_block} does not divide the {grid}x{grid} patches of "
+                              f"image_size={self.image_size}; choose one of {blocks}")
+        for name in ("mask_ratio", "mask_token_ratio"):
+            if getattr(self, name) == 0:
+                raise ConfigError(f"{name}=0.0 hides no patch, so there is nothing to predict; choose a share above 0 "
+                                  f"(MAE 0.75, SimMIM 0.6, MaskFeat and BEiT 0.4)")
+        if self.n_train and self.codebook_size > self.n_train * grid * grid:
+            raise ConfigError(f"codebook_size={self.codebook_size} is more than the {self.n_train * grid * grid} "
+                              f"patches of n_train={self.n_train} images that BEiT's k-means clusters; "
+                              f"choose at most that")
 
 
 @dataclass
@@ -366,6 +419,8 @@ class NonContrastiveConfig(TrainConfig):
                      proj_dim=256, out_dim=8192, n_local=6, dino_backbone="vit-tiny", ablation_epochs=30,
                      attention_epochs=100, crop_min=0.2),  # SimSiam's crops (BYOL 0.08, DINO's global 0.4)
     }
+    batch_size: int = param(128, "images per step and process: the projector's BatchNorm and DINO's centre are "
+                            "batch statistics, so at least 2", min=2)
     lr: float = param(3e-3, "peak AdamW learning rate after warm-up", min=MIN_LR)
     method: str = param("byol", "what the command-line job pre-trains; the notebook trains all three",
                         choices=("byol", "simsiam", "dino"))
@@ -408,6 +463,13 @@ class NonContrastiveConfig(TrainConfig):
 
     def train_kwargs(self) -> dict[str, Any]:
         return {**super().train_kwargs(), "clip_grad": self.clip_grad}
+
+    def validate(self) -> None:
+        super().validate()
+        check_patches(self, "dino_backbone")
+        if self.local_size > self.image_size:
+            raise ConfigError(f"local_size={self.local_size} is larger than image_size={self.image_size}: DINO's local "
+                              f"crops are small views of a part of the image; choose at most {self.image_size}")
 
 
 CONFIGS: dict[str, type[LabConfig]] = {c.CHAPTER: c for c in (TourConfig, SupervisedConfig, ClipConfig,

@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from vfm_lab.errors import LabError
+
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -53,7 +55,7 @@ def init_from_env(device: torch.device, timeout_s: float = 120.0) -> bool:
     return True
 
 
-class PeerStoppedError(RuntimeError):
+class PeerStoppedError(LabError, RuntimeError):
     """Another rank died or stopped answering while this one waited for it in a collective."""
 
 

@@ -32,18 +32,23 @@ from tqdm.auto import tqdm
 
 from vfm_lab import distributed as D
 from vfm_lab.data import ImageSet, batches, steps_per_epoch
+from vfm_lab.errors import LabError
 from vfm_lab.runtime import autocast, resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(LabError, FloatingPointError):
     """The loss became NaN or infinite; the message says at which step and what to try."""
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(LabError, RuntimeError):
     """A checkpoint that is corrupt or belongs to another run (method, shapes)."""
+
+
+class OutDirError(LabError, OSError):
+    """An output folder that cannot be written, or has no room for the checkpoints."""
 
 
 # ---- schedules and the EMA helper ----------------------------------------------------
@@ -292,14 +297,14 @@ def _check_writable(out: Path, method: nn.Module) -> None:
         probe.write_bytes(b"\0" * 1024)
         probe.unlink()
     except OSError as e:
-        raise OSError(f"cannot write to out_dir={str(out)!r} ({e.strerror}); choose a writable folder "
+        raise OutDirError(f"cannot write to out_dir={str(out)!r} ({e.strerror}); choose a writable folder "
                       f"with free space") from e
     size = sum(t.numel() * t.element_size() for t in method.state_dict().values() if torch.is_tensor(t))
     size += 2 * sum(p.numel() * p.element_size() for p in method.parameters() if p.requires_grad)
     needed = size * (1 if (out / CHECKPOINT).exists() else 2) + 2**20  # + 1 MiB for metrics.jsonl and pickling
     free = shutil.disk_usage(out).free
     if free < needed:
-        raise OSError(f"out_dir={str(out)!r} has {free / 2**20:.1f} MiB free ({free} bytes), but the checkpoints of "
+        raise OutDirError(f"out_dir={str(out)!r} has {free / 2**20:.1f} MiB free ({free} bytes), but the checkpoints of "
                       f"this {type(method).__name__} need about {needed / 2**20:.1f} MiB ({needed} bytes); "
                       f"free some space or choose another out_dir")
 

@@ -22,13 +22,19 @@ from typing import Any, Iterator
 
 import torch
 
+from vfm_lab.errors import LabError
+
 DATASET_NAMES = ("shapes", "digits", "mnist5k", "fashion-mnist", "cifar10", "imagefolder",
                  "emoji", "openmoji", "openclipart")
 SPLITS = ("train", "test")
 
 
-class DataMissingError(FileNotFoundError):
+class DataMissingError(LabError, FileNotFoundError):
     """A data set that is not on this machine; the message names the command that fetches it."""
+
+
+class DataError(LabError, ValueError):
+    """A data file that is corrupt or incomplete, or an image folder with nothing to read."""
 
 
 @dataclass

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vfm_lab.data import SPLITS, DataMissingError, ImageSet
+from vfm_lab.data import SPLITS, DataError, DataMissingError, ImageSet
 
 SPLIT_SEED = 0  # seeds the fixed 80/20 split of digits, mnist5k and split-less image folders; never the user's seed
 TEST_FRACTION = 0.2  # share of each class that goes to "test" where a data set has no official split
@@ -146,7 +146,7 @@ def load_imagefolder(split: str, root: str | None = None, image_size: int = 32, 
     paths, labels, classes, has_splits = _image_tree(Path(root), split)
     keep = np.arange(len(paths)) if has_splits else _fixed_split(labels, split)
     if len(keep) == 0:
-        raise ValueError(f"imagefolder: the fixed 80/20 split of {root!r} leaves no {split} images; "
+        raise DataError(f"imagefolder: the fixed 80/20 split of {root!r} leaves no {split} images; "
                          f"add images or lay the tree out as root/train/<class> and root/test/<class>")
     keep = keep[_subset(len(keep), n, seed, f"imagefolder {split}")]
     images = np.stack([_read_image(paths[i], image_size, channels) for i in keep])  # (N, C, S, S)
@@ -169,7 +169,7 @@ def _image_tree(top: Path, split: str) -> tuple[list[Path], np.ndarray, list[str
     files = [(f, c) for c, name in enumerate(classes) if (where / name).is_dir()
              for f in sorted((where / name).rglob("*")) if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()]
     if not files:
-        raise ValueError(f"imagefolder: no images ({', '.join(IMAGE_EXTENSIONS)}) in class folders under "
+        raise DataError(f"imagefolder: no images ({', '.join(IMAGE_EXTENSIONS)}) in class folders under "
                          f"{str(where)!r}; expected {where}/<class>/<image>")
     return [f for f, _ in files], np.array([c for _, c in files], dtype=np.int64), classes, has_splits
 
@@ -185,7 +185,7 @@ def _read_image(path: Path, size: int, channels: int) -> np.ndarray:
             im = im.convert("RGB" if channels == 3 else "L").crop((left, upper, left + side, upper + side))
             im = im.resize((size, size), Image.Resampling.BILINEAR)  # antialiased when shrinking
     except OSError as e:  # PIL.UnidentifiedImageError and truncated files are OSErrors
-        raise ValueError(f"imagefolder: cannot read image {str(path)!r}: {e}") from e
+        raise DataError(f"imagefolder: cannot read image {str(path)!r}: {e}") from e
     return np.asarray(im).reshape(size, size, channels).transpose(2, 0, 1)  # (C, S, S)
 
 
@@ -257,8 +257,8 @@ def _find_root(name: str, root: str | None, marker: str) -> Path:
                            f"fetch it with `{_fetch_command(name)}` or pass root= the folder that holds it")
 
 
-def _corrupt(path: Path, name: str, why: str) -> ValueError:
-    return ValueError(f"{path} is corrupt or incomplete ({why}); delete it and fetch it again with "
+def _corrupt(path: Path, name: str, why: str) -> DataError:
+    return DataError(f"{path} is corrupt or incomplete ({why}); delete it and fetch it again with "
                       f"`{_fetch_command(name)}`")
 
 
