@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SCALE ?= lab
 NBVAL := build/nbval
 
-.PHONY: setup browser data run test bench lab clean
+.PHONY: setup browser test-data data run test test-kernels bench lab clean
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,12 @@ browser:
 	         "(Debian/Ubuntu), or set VFM_CHROMIUM to a Chromium or Chrome binary"; \
 	  fi; }
 
+# Fashion-MNIST for the tests that read the real files (tests/test_real_data.py, the zero-shot of chapter 02):
+# Debian's package, as `make data` installs it. Under CI a test that cannot find it fails instead of skipping.
+test-data:
+	@test -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz || bash data_scripts/fetch.sh fashion-mnist \
+	  || echo "Fashion-MNIST is missing: its tests skip (under CI: fail); as root: apt-get install dataset-fashion-mnist"
+
 # Fashion-MNIST for chapter 01 at lab/full scale (Debian package as root, else a checked download);
 # the icon sets with text for chapter 02 (checked Debian/npm sources, built once into data/NAME/v1).
 data: setup
@@ -37,7 +43,7 @@ run: setup data
 
 # Unit, learning and DDP tests, doctests, every notebook at smoke scale under nbval, and 00_tour in
 # JupyterLab in headless Chromium (build/browser/00_tour.png); the 25 slowest are listed at the end.
-test: setup browser
+test: setup browser test-data
 	rm -rf $(NBVAL) && mkdir -p $(NBVAL)
 	for nb in notebooks/*.ipynb; do \
 	  name=$$(basename $$nb .ipynb); \
@@ -45,9 +51,21 @@ test: setup browser
 	done
 	$(BIN)/python -m pytest --nbval-lax --durations=25 vfm_lab tests $(NBVAL)
 
-# Engine overhead, shapes speed, and SSL steps against lightly (installed for the benchmark only).
+# The learning tests (marked `learning`: they train and compare a figure with a line) under other CPUs' kernels
+# and 1 or 2 threads, then the smallest margin of each check per setting (tests/margins.py). Outside `make test`:
+# six passes of about 2 minutes each on 2 cores.
+KERNEL_SETTINGS := "" "ATEN_CPU_CAPABILITY=default" "ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2"
+test-kernels: setup
+	rm -f build/margins.jsonl && mkdir -p build
+	for setting in $(KERNEL_SETTINGS); do for threads in 1 2; do \
+	  echo "== $${setting:-this CPU's own kernels}, $$threads thread(s)"; \
+	  env $$setting OMP_NUM_THREADS=$$threads VFM_LAB_TEST_THREADS=$$threads VFM_LAB_MARGINS=build/margins.jsonl \
+	    $(BIN)/python -m pytest -q -m learning tests || exit 1; \
+	done; done
+	$(BIN)/python -m tests.margins build/margins.jsonl | tee build/margins.md
+
+# Engine overhead, shapes speed, and SSL steps against lightly (in the test extra).
 bench: setup
-	$(BIN)/pip install -q -c constraints.txt -e ".[bench]"
 	$(BIN)/vfm-lab bench all
 
 # JupyterLab on the chapters.

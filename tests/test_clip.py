@@ -13,8 +13,9 @@ from types import SimpleNamespace
 import numpy as np
 from torch import nn
 
+from tests.margins import above
 from tests.test_distributed import ROOT, torchrun
-from tests.test_real_data import write_idx
+from tests.test_real_data import DEBIAN_FASHION, write_idx
 from tests.toy import one_training_step
 from vfm_lab.backbones import build_backbone
 from vfm_lab.cli import expand_grid, plan_runs
@@ -159,20 +160,21 @@ def test_bad_inputs_are_refused():
 
 
 # ---- learning ---------------------------------------------------------------------------------
+@pytest.mark.learning
 @pytest.mark.slow
 def test_a_short_clip_run_aligns_images_and_captions(tmp_path):
-    """50 steps on 640 shapes pairs: text->image retrieval on 200 unseen pairs beats the untrained
+    """50 steps on 640 shapes pairs, in fp32: text->image retrieval on 200 unseen pairs beats the untrained
     model and chance (R@10 = 0.05) several times over."""
     cfg = ClipConfig.from_params(scale="smoke", n_train=640, n_test=200, batch_size=64, epochs=5, lr=2e-3,
-                                 out_dir=str(tmp_path), device="cpu")
+                                 out_dir=str(tmp_path), device="cpu", precision="fp32")
     train, test = load("shapes", "train", n=640), load("shapes", "test", n=200)
     torch.manual_seed(0)
     model = build_clip(cfg, train)
     before = clip_metrics(model, test)
     run = fit(model, train, out_dir=tmp_path / "clip", progress=False, **cfg.train_kwargs())
     after = clip_metrics(model, test)
-    assert run.history[-1]["loss"] < run.history[0]["loss"] - 0.5
-    assert after["t2i_R@10"] > max(2 * before["t2i_R@10"], 3 * 10 / len(test)), (before, after)
+    above("clip: loss fall over the run", run.history[0]["loss"] - run.history[-1]["loss"], 0.5)
+    above("clip: text-to-image R@10", after["t2i_R@10"], max(2 * before["t2i_R@10"], 3 * 10 / len(test)))
 
 
 # ---- the locked pretrained text tower ----------------------------------------------------------
@@ -230,14 +232,14 @@ class GreyLevelModel(nn.Module):
     after inversion: class y) and class k of the prompts as the one-hot k: perfect on the fake data below
     exactly when the images are inverted and the labels line up with the prompt names."""
 
-    def __init__(self):
+    def __init__(self, size: int = 16):
         super().__init__()
-        self.backbone = SimpleNamespace(image_size=16, in_chans=3)
+        self.backbone = SimpleNamespace(image_size=size, in_chans=3)
         self.logit_scale = nn.Parameter(torch.zeros(()))
         self.names = None
 
-    def encode_image(self, x):  # (B, 3, 16, 16) in [0, 1]
-        assert x.shape[1:] == (3, 16, 16)
+    def encode_image(self, x):  # (B, 3, size, size) in [0, 1]
+        assert x.shape[1:] == (3, self.backbone.image_size, self.backbone.image_size)
         return F.one_hot((x.mean((1, 2, 3)) * 255 / 25).round().long().clamp(0, 9), 10).float()  # (B, 10)
 
     def classifier(self, names, templates):
@@ -262,13 +264,23 @@ def test_fashion_zero_shot_inverts_names_the_classes_and_scores_against_chance(t
         fashion_zero_shot(model, root=str(tmp_path / "nowhere"))
 
 
+@pytest.mark.skipif(not (DEBIAN_FASHION / "t10k-labels-idx1-ubyte.gz").is_file(),
+                    reason="Debian package dataset-fashion-mnist is not installed")
 def test_fashion_zero_shot_on_the_real_test_set():
-    try:
-        load("fashion-mnist", "test", n=1)
-    except DataMissingError:
-        pytest.skip("Fashion-MNIST is not here (bash data_scripts/fetch.sh fashion-mnist)")
-    out = fashion_zero_shot(small_model(), n=40)
-    assert out["fmnist_zs_chance"] == 0.1 and 0.0 <= out["fmnist_zs_acc"] <= 1.0
+    """The 10,000 real test images at their own 28 px, in file order, through the grey-level stand-in: its
+    accuracy is the share of images whose inverted mean grey level, in steps of 25, is their label, computed
+    here from the raw IDX bytes (Debian's dataset-fashion-mnist; `make test` installs it)."""
+    import gzip
+
+    folder = DEBIAN_FASHION
+    raw = lambda name, skip: np.frombuffer(gzip.open(folder / name).read()[skip:], np.uint8)
+    images, labels = raw("t10k-images-idx3-ubyte.gz", 16).reshape(-1, 28 * 28), raw("t10k-labels-idx1-ubyte.gz", 8)
+    level = np.clip(np.round((255 - images.astype(np.float64)).mean(1) / 25), 0, 9)
+    model = GreyLevelModel(size=28)
+    out = fashion_zero_shot(model, root=str(folder))
+    assert out == {"fmnist_zs_acc": pytest.approx(float((level == labels).mean()), abs=1e-6), "fmnist_zs_chance": 0.1}
+    assert model.names == ["t-shirt or top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
+                           "bag", "ankle boot"]
 
 
 def test_icon_sets_and_tables():

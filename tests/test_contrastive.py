@@ -4,7 +4,6 @@ a real two-process run (per-rank labels, loss and gradients equal one process on
 concatenated batch), and a short SimCLR run that must get better at its pretext task on unseen images."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 
@@ -13,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tests.margins import above
 from tests.test_distributed import ROOT, torchrun
 from tests.toy import one_training_step, short_ssl_run
 from vfm_lab import augment as A
@@ -101,8 +101,8 @@ def test_ntxent_properties():
     assert NTXentLoss(0.01)(eye, eye).item() < 1e-6
 
 
-def test_ntxent_matches_lightly_when_installed():
-    lightly_loss = pytest.importorskip("lightly.loss")
+def test_ntxent_matches_lightly():
+    from lightly import loss as lightly_loss  # the test extra installs it: a reference, not an option
     z1, z2 = randn(0, 16, 32), randn(1, 16, 32)
     for tau in (0.1, 0.5):
         torch.testing.assert_close(NTXentLoss(tau)(z1, z2), lightly_loss.NTXentLoss(temperature=tau)(z1, z2))
@@ -303,35 +303,6 @@ def test_two_processes_use_per_rank_labels_and_match_one_process(tmp_path):
 
 
 # ---- learning ------------------------------------------------------------------------------
-@torch.no_grad()
-def partner_found(model, images, seed=0):
-    """The pretext task on unseen images: the share of views whose most similar other view (among
-    the 2N views of the set) is the other view of the same image."""
-    g = torch.Generator().manual_seed(seed)
-    model.eval()
-    x1, x2 = model.view1(images, g), model.view2(images, g)
-    z = F.normalize(model.embed(torch.cat([x1, x2])), dim=1)  # (2N, K)
-    n = len(images)
-    sim = (z @ z.T).fill_diagonal_(-2.0)  # (2N, 2N), no self-matches
-    return (sim.argmax(1) == torch.cat([torch.arange(n, 2 * n), torch.arange(n)])).float().mean().item()
-
-
-def test_a_short_simclr_run_learns_to_find_the_other_view_of_unseen_images():
-    """24 steps on 512 shapes scenes: on 256 unseen scenes, the other view of each image becomes the
-    nearest of the 511 other views at least twice as often as with the untrained network (about 0.014
-    before; 0.035 after in fp32, 0.049 in bf16). Slow but real; MoCo (one loss direction, a slow key
-    encoder) does not pass this bar in 24 steps, and the shape-class kNN needs far more than this."""
-    train, test = load("shapes", "train", n=512, image_size=32), load("shapes", "test", n=256, image_size=32)
-    images = test.images.float() / 255
-    views = dataclasses.replace(A.simclr(32, strength=0.5, blur_p=0.0), crop_scale=(0.3, 1.0))
-    torch.manual_seed(0)
-    model = SimCLR(build_backbone("convnet-s", 3, 32), proj_dim=64, hidden_dim=256, temperature=0.2, augment=views)
-    before = partner_found(model, images)
-    fit(model, train, epochs=3, batch_size=64, lr=3e-3, warmup_epochs=0.5, device="cpu", progress=False)
-    after = partner_found(model, images)
-    assert after > 2 * before, (before, after)
-
-
 def test_the_chapter_views_are_a_flip_and_a_tone_curve_unless_the_config_asks_otherwise():
     views = build_contrastive(ContrastiveConfig.from_params(scale="smoke"), build_backbone("convnet-s", 3, 32)).view1
     assert (views.crop_scale, views.tone_p, views.jitter_p, views.grayscale_p) == ((1.0, 1.0), 1.0, 0.0, 0.0)
@@ -358,22 +329,26 @@ def test_each_moco_takes_its_own_key_encoder_momentum():
         assert build_contrastive(cfg, build_backbone("convnet-s", 3, 32), "moco_v2").symmetric is symmetric
 
 
-@pytest.mark.parametrize("name", ["moco_v2", "moco_v3"])
-def test_a_short_moco_run_beats_the_random_backbone(name):
-    """MoCo v2 and v3 with the paper's views (crops, colour jitter) on 1,024 shapes scenes at 16 px for 96 steps:
-    the kNN accuracy of the frozen backbone on the position, colour and size of the main object rises above the
-    same network at initialisation (as BYOL's test in test_non_contrastive.py). Those are the easy features; the
-    shape class needs the chapter's tone-curve views and minutes of training (`vfm-lab train 03 -p scale=lab`)."""
+@pytest.mark.learning
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["simclr", "moco_v2", "moco_v3"])
+def test_a_short_run_beats_the_random_backbone(name):
+    """SimCLR, MoCo v2 and v3 with the paper's views (crops, colour jitter) on 1,024 shapes scenes at 16 px for
+    96 steps: the linear probes of the frozen backbone on the position, colour and size of the main object rise
+    above the same network at initialisation (as BYOL's test in test_non_contrastive.py). Those are the easy
+    features; the shape class needs the chapter's tone-curve views and minutes of training
+    (`vfm-lab train 03 -p scale=lab`). The three probes gain 0.18-0.33 together under the kernels and threads of
+    `make test-kernels`, against a line of 0.06."""
     cfg = ContrastiveConfig.from_params(scale="smoke", queue_size=256, crop_min=0.3, jitter_strength=0.5, tone_p=0.0)
     before, after = short_ssl_run(lambda b: build_contrastive(cfg, b, name, proj_dim=64, hidden_dim=256))
-    assert sum(after.values()) > sum(before.values()) + 0.06, (before, after)
+    above(f"{name}: probe gain over position, colour and size", sum(after.values()) - sum(before.values()), 0.06)
 
 
 def test_the_job_writes_each_method_next_to_the_random_backbone(tmp_path):
     """`vfm-lab train 03`: results.json holds the random backbone (`random_init`, the baseline of every number)
     and the method, each with the shape-class kNN, linear probe and attribute probes."""
     cfg = ContrastiveConfig.from_params(scale="smoke", n_train=256, n_test=128, epochs=1, batch_size=64, image_size=16,
-                                        queue_size=128, out_dir=str(tmp_path))
+                                        queue_size=128, out_dir=str(tmp_path), precision="fp32")
     metrics = train_contrastive(cfg)
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["simclr"]["knn_acc"] == metrics["knn_acc"] and "collapse/erank" in metrics

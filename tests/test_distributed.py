@@ -1,6 +1,7 @@
 """A real two-process DDP run (torchrun, gloo) of the gathers, the sharding and the engine."""
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -72,7 +73,9 @@ def test_a_dying_rank_stops_the_others_under_torchrun(tmp_path):
 def test_a_dying_rank_stops_the_other_without_an_agent(tmp_path):
     """Two processes started by hand (no torchrun agent to kill the survivor): when rank 1 dies, rank 0's
     collective fails with an error within the process-group timeout instead of hanging."""
-    port = str(29500 + os.getpid() % 1000)
+    with socket.socket() as s:  # a port free now (the OS picks it), not one derived from the pid
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": port, "WORLD_SIZE": "2"}
     start = time.time()

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.margins import above, below
 from tests.toy import LinearToy, ToyMethod, toy_data
 from vfm_lab.engine import (CheckpointError, NonFiniteLossError, cosine_schedule, ema_update, fit,
                             load_checkpoint)
@@ -42,13 +43,14 @@ def test_ema_update_formula():
         torch.testing.assert_close(p, e)
 
 
+@pytest.mark.learning
 def test_fit_learns_and_logs(tmp_path):
     method, result = run(tmp_path)
     assert result.steps == 3 * (256 // 32)
     assert method.ema_calls == result.steps  # after_step once per optimizer step
     first, last = result.history[0], result.history[-1]
-    assert last["loss"] < 0.8 * first["loss"]
-    assert last["acc"] > 0.8
+    below("toy: last logged loss against the first", last["loss"], 0.8 * first["loss"])
+    above("toy: last logged accuracy", last["acc"], 0.8)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert rows == result.history
     assert result.history[-1]["lr"] < result.history[0]["lr"]  # the cosine decays
@@ -92,23 +94,24 @@ def _stop_at(epoch_to_stop):
 
 
 def test_sigkill_then_resume_matches(tmp_path):
-    """A real process killed with SIGKILL mid-run resumes to the same final metrics."""
+    """A real process killed with SIGKILL mid-run resumes to the same final metrics. The child reports
+    that it reached its 11th step (and waits there), so the kill lands after the checkpoint of step 9
+    however slow the machine is."""
     script = (f"import sys, torch; sys.path.insert(0, {str(Path(__file__).parent.parent)!r})\n"
-              "from tests.toy import LinearToy, ToyMethod, toy_data\nfrom vfm_lab.engine import fit\n"
+              "from tests.toy import ToyMethod, toy_data\nfrom vfm_lab.engine import fit\n"
               "torch.manual_seed(0)\n"
-              "fit(ToyMethod(delay=float(sys.argv[2])), toy_data(), epochs=3, batch_size=32, lr=0.05, device='cpu',"
-              " precision='fp32', progress=False, log_every=2, seed=0, out_dir=sys.argv[1], checkpoint_every=3)\n")
-    victim = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "killed"), "0.05"])
-    ckpt = tmp_path / "killed" / "checkpoint.pt"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if ckpt.exists() and torch.load(ckpt, weights_only=False)["step"] >= 6:
-            break
+              "fit(ToyMethod(hang_at=int(sys.argv[2]), hung=sys.argv[1] + '.hung'), toy_data(), epochs=3,"
+              " batch_size=32, lr=0.05, device='cpu', precision='fp32', progress=False, log_every=2, seed=0, out_dir=sys.argv[1],"
+              " checkpoint_every=3)\n")
+    victim = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "killed"), "11"])
+    hung = tmp_path / "killed.hung"
+    deadline = time.time() + 120
+    while not hung.exists() and victim.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    killed_at = torch.load(ckpt, weights_only=False)["step"]
-    assert 6 <= killed_at < 24, killed_at
+    assert hung.read_text() == "11", "the child never reached its 11th step"
+    assert torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=False)["step"] == 9
     subprocess.run([sys.executable, "-c", script, str(tmp_path / "killed"), "0"], check=True)
     subprocess.run([sys.executable, "-c", script, str(tmp_path / "straight"), "0"], check=True)
     read = lambda d: (tmp_path / d / "metrics.jsonl").read_text()

@@ -11,6 +11,7 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
+from tests.margins import above, below
 from vfm_lab import evaluate
 from vfm_lab.backbones import build_backbone
 from vfm_lab.data import ImageSet, load
@@ -102,6 +103,7 @@ def test_linear_probe_is_deterministic_and_more_steps_fit_better():
         linear_probe(x[:150], y[:150], x[150:], y[150:], steps=0)
 
 
+@pytest.mark.learning
 def test_linear_probe_matches_sklearn_logistic_regression_on_digits():
     train, test = load("digits", "train"), load("digits", "test")  # real 8x8 digits, 1438 / 359
     x_tr, x_te = train.images.flatten(1).float(), test.images.flatten(1).float()  # (N, 64) pixels
@@ -110,8 +112,8 @@ def test_linear_probe_matches_sklearn_logistic_regression_on_digits():
         sk_acc = LogisticRegression(max_iter=5000).fit(x_tr.numpy(), train.labels.numpy()).score(
             x_te.numpy(), test.labels.numpy())
     ours = linear_probe(x_tr, train.labels, x_te, test.labels)["test_acc"]
-    assert sk_acc > 0.94
-    assert abs(ours - sk_acc) <= 0.02, (ours, sk_acc)
+    above("digits: scikit-learn's logistic regression", sk_acc, 0.9)  # the data are learnable (measured 0.961)
+    below("digits: our probe's distance to scikit-learn's", abs(ours - sk_acc), 0.02)
 
 
 # ----------------------------------------------------------------------------- attribute probes

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.margins import below
 from tests.toy import one_training_step
 from vfm_lab.backbones import PIXEL_MEAN, PIXEL_STD, build_backbone
 from vfm_lab.config import ConfigError, MIMConfig
@@ -230,7 +231,7 @@ def test_mask_tokens_replace_exactly_the_masked_patches():
 def test_hog_matches_scikit_image(cell, bins, size):
     """skimage.feature.hog with one cell per block and L2 block normalisation is our cell
     histogram divided by sqrt(||h||² + eps²), channel by channel."""
-    skimage_feature = pytest.importorskip("skimage.feature")
+    from skimage import feature as skimage_feature
     x = images(2, 3, size).double()
     h = hog_cells(x, cell, bins)  # (B, C, bins, Hc, Wc)
     for b in range(2):
@@ -291,13 +292,15 @@ def test_tokenizer_assigns_stable_codes():
     assert torch.equal(again.codebook, tok.codebook)  # seeded: the same codebook
 
 
+@pytest.mark.learning
 def test_kmeans_lowers_the_distortion_and_decode_uses_the_centroids():
     train = images(32, seed=1)
     patches = patchify(train, 4).reshape(-1, 48)
     distortion = lambda t: (patches - t.codebook[t.assign(patches)]).pow(2).sum(1).mean().item()
     start = PatchTokenizer(16, 4, 3).fit(train, iters=0, seed=0)  # k-means++ start only
     trained = PatchTokenizer(16, 4, 3).fit(train, iters=10, seed=0)
-    assert distortion(trained) < distortion(start)
+    below("k-means: distortion after 10 iterations against the k-means++ start", distortion(trained),
+          distortion(start))
     codes = trained(train[:2])
     torch.testing.assert_close(patchify(trained.decode(codes), 4), trained.codebook[codes].clamp(0, 1))
     with pytest.raises(RuntimeError, match="fit"):
@@ -347,6 +350,7 @@ def test_config_and_builder():
 
 
 # ---- learning -----------------------------------------------------------------------------------
+@pytest.mark.learning
 @pytest.mark.slow
 def test_mae_learns_to_beat_the_mean_patch_on_held_out_images():
     """A short run on shapes: MAE's held-out loss on the masked patches falls well below the loss
@@ -359,8 +363,9 @@ def test_mae_learns_to_beat_the_mean_patch_on_held_out_images():
         progress=False)
     after = reconstruction_vs_mean_patch(mae, train, test)
     assert after["mean_patch_loss"] == pytest.approx(before["mean_patch_loss"])  # same masks, same baseline
-    assert after["mae_loss"] < 0.8 * after["mean_patch_loss"], after
-    assert after["mae_loss"] < 0.8 * before["mae_loss"]
+    # measured 0.68-0.70 against the mean patch's 0.975 over the kernels and threads of `make test-kernels`
+    below("mae: held-out loss against the mean patch's", after["mae_loss"], 0.9 * after["mean_patch_loss"])
+    below("mae: held-out loss against the untrained model's", after["mae_loss"], 0.8 * before["mae_loss"])
 
 
 # ---- fine-tuning with layer-wise learning-rate decay --------------------------------------------

@@ -11,12 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tests.margins import above, below
 from tests.toy import one_training_step, short_ssl_run
 from vfm_lab import viz
 from vfm_lab.backbones import Backbone, build_backbone
 from vfm_lab.config import NonContrastiveConfig
 from vfm_lab.data import load
-from vfm_lab.diagnostics import collapse_report
+from vfm_lab.diagnostics import COLLAPSED_RANK, COLLAPSED_STD, COLLAPSED_UNIFORMITY, collapse_report
 from vfm_lab.engine import fit
 from vfm_lab.jobs import build_non_contrastive
 from vfm_lab.methods.byol import BYOL, BYOLLoss
@@ -314,7 +315,7 @@ def tiny_dino(**kw):
 
 
 # name -> (method on a backbone, collapse_report's "collapsed"); a target momentum of 0.9 makes the
-# BYOL and DINO ablations collapse within the test's 128 steps (at 0.99 they get there more slowly)
+# BYOL and DINO ablations collapse within the test's 256 steps (at 0.99 they get there more slowly)
 ABLATIONS = {
     "simsiam": (lambda b: SimSiam(b, proj_dim=32, pred_dim=8), 0.0),
     "simsiam without stop-gradient": (lambda b: SimSiam(b, proj_dim=32, pred_dim=8, stop_gradient=False), 1.0),
@@ -332,32 +333,52 @@ def scenes():
     return load("shapes", "train", n=512, image_size=16)
 
 
+@pytest.mark.learning
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(ABLATIONS))
 def test_collapse_ablations_collapse_and_the_monitor_flags_them(name, scenes):
-    """128 steps at a constant learning rate on a tiny network: each method keeps its embeddings
-    spread, each ablation collapses (collapse_report on 256 images, eval mode)."""
+    """256 steps at a constant learning rate on a tiny network: each method keeps its embeddings
+    spread, each ablation collapses (collapse_report on 256 images, eval mode), decisively.
+
+    Measured over ATEN_CPU_CAPABILITY=default/avx2 and 1-2 threads (`make test-kernels`): every
+    ablation's uniformity is -0.11 or above (the line is -0.2; at 128 steps SimSiam without its
+    predictor sat at an effective rank of 1.2-2.2 around the line of 2, and flipped with the
+    kernels); the methods' uniformity is -0.55 or below and their effective rank 2.5 or above.
+    """
     make, collapsed = ABLATIONS[name]
     model = make(tiny_backbone())
-    run = fit(model, scenes, epochs=16, batch_size=64, lr=1e-2, min_lr=1e-2, warmup_epochs=0, device="cpu",
+    run = fit(model, scenes, epochs=32, batch_size=64, lr=1e-2, min_lr=1e-2, warmup_epochs=0, device="cpu",
               precision="fp32", progress=False)
     model.eval()
     with torch.no_grad():
         report = collapse_report(model.embed(scenes.images[:256].float() / 255))
+    if collapsed:  # most images at nearly one point: far above the monitor's uniformity line
+        above(f"{name}: uniformity", report["uniformity"], COLLAPSED_UNIFORMITY)
+    else:  # every figure of the monitor on the healthy side of its line
+        above(f"{name}: std", report["std"], COLLAPSED_STD)
+        above(f"{name}: erank", report["erank"], COLLAPSED_RANK)
+        below(f"{name}: uniformity", report["uniformity"], COLLAPSED_UNIFORMITY)
     assert report["collapsed"] == collapsed, report
     if name.startswith("dino"):  # DINO's two failure modes (sec. 5.3, fig. 7): one-hot and uniform teachers
-        entropy = run.history[-1]["teacher_entropy"]
-        bounds = {"dino": (0.5, 0.8 * math.log(128)), "dino without centering": (0.0, 0.5),
-                  "dino without sharpening": (0.95 * math.log(128), math.log(128) + 1e-3)}[name]
-        assert bounds[0] <= entropy <= bounds[1], entropy
+        entropy, uniform = run.history[-1]["teacher_entropy"], math.log(128)
+        if name == "dino without centering":  # one-hot (measured 0.000)
+            below(f"{name}: teacher entropy", entropy, 0.5)
+        elif name == "dino without sharpening":  # uniform (measured 4.851 of log 128 = 4.852)
+            below(f"{name}: teacher entropy below uniform", uniform - entropy, 0.05 * uniform)
+        else:  # neither (measured 3.3-3.5)
+            above(f"{name}: teacher entropy", entropy, 1.0)
+            above(f"{name}: teacher entropy below uniform", uniform - entropy, 0.1 * uniform)
 
 
 # ---- learning -----------------------------------------------------------------------------
+@pytest.mark.learning
+@pytest.mark.slow
 def test_a_short_byol_run_beats_the_random_backbone():
-    """BYOL on 1,024 shapes scenes at 16 px for 96 steps: the kNN accuracy of the frozen backbone on the
-    position, colour and size of the main object rises above the same network at initialisation.
+    """BYOL on 1,024 shapes scenes at 16 px for 96 steps: the linear probes of the frozen backbone on the
+    position, colour and size of the main object rise above the same network at initialisation.
     (The shape class itself needs longer runs: at this budget it stays at the random backbone's level.)
     The views are the paper's, crops down to 30 %: they teach the position fastest."""
     cfg = NonContrastiveConfig.from_params(scale="smoke", local_size=8, crop_min=0.3)
     before, after = short_ssl_run(lambda b: build_non_contrastive(cfg, b, "byol", proj_dim=64, hidden_dim=256))
-    assert after["position"] > before["position"] + 0.03, (before, after)
-    assert sum(after.values()) > sum(before.values()) + 0.06, (before, after)
+    above("byol: probe gain on position", after["position"] - before["position"], 0.03)
+    above("byol: probe gain over position, colour and size", sum(after.values()) - sum(before.values()), 0.06)

@@ -20,6 +20,7 @@ from vfm_lab.engine import fit
 from vfm_lab.evaluate import predict
 from vfm_lab.methods.supervised import (LOSSES, Classifier, CosFaceHead, LinearHead, SampledSoftmaxHead, build_head,
                                         combination_labels)
+from tests.margins import above, below
 from tests.toy import one_training_step
 
 
@@ -219,17 +220,18 @@ def test_combination_labels_is_a_bijection_onto_range_total(sizes):
 
 
 # ---- learning ---------------------------------------------------------------------------------
+@pytest.mark.learning
 @pytest.mark.slow
 def test_supervised_training_learns_the_digits():
-    """convnet-s with cross-entropy, 3 epochs on the 1,438 16x16 training digits: ~5 s on one busy
-    core with bf16 autocast, ~10 s in fp32. Measured test accuracy 0.944-0.961 over seeds 0-3."""
+    """convnet-s with cross-entropy, 3 epochs on the 1,438 16x16 training digits in fp32 (~2 s). Measured test
+    accuracy 0.944-0.961 over seeds 0-3, against a line of 0.85."""
     torch.manual_seed(0)
     train, test = load("digits", "train", image_size=16), load("digits", "test", image_size=16)
     model = Classifier(build_backbone("convnet-s", 1, 16), 10)
     before = (predict(model, test) == test.labels).float().mean().item()
     result = fit(model, train, epochs=3, batch_size=64, lr=3e-3, warmup_epochs=0.5, device="cpu",
-                 precision="auto", seed=0, progress=False)
+                 precision="fp32", seed=0, progress=False)
     after = (predict(model, test) == test.labels).float().mean().item()
-    assert before < 0.3  # chance is 0.1
-    assert after >= 0.85, f"test accuracy {after:.3f} after {result.steps} steps"
-    assert result.final_loss < 0.5 * result.history[0]["loss"]
+    below("digits: accuracy of the untrained classifier", before, 0.3)  # chance is 0.1
+    above("digits: test accuracy", after, 0.85)
+    below("digits: final loss against the first", result.final_loss, 0.5 * result.history[0]["loss"])
