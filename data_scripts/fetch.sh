@@ -118,8 +118,9 @@ build_icons() {
 name=$1
 case $name in
   fashion-mnist)
+    # a fresh machine may have no package lists yet: update them once if the first install fails
     if [[ $# -eq 1 && $EUID -eq 0 ]] && command -v apt-get >/dev/null \
-        && apt-get install -y dataset-fashion-mnist; then
+        && { apt-get install -y dataset-fashion-mnist || { apt-get update -q && apt-get install -y dataset-fashion-mnist; }; }; then
       echo "fashion-mnist installed in /usr/share/datasets/fashion-mnist (apt verified the package)"
       exit 0
     fi
