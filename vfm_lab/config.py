@@ -284,7 +284,8 @@ class ClipConfig(TrainConfig):
     loss: str = param("clip", "clip: softmax over the batch (InfoNCE); siglip: a sigmoid per image-text pair",
                       choices=("clip", "siglip"))
     text_tower: str = param("scratch-s", "scratch-s / scratch-b: an open_clip text transformer trained from scratch "
-                            "(CPU / GPU size); minilm-locked: pretrained all-MiniLM-L6-v2, frozen (LiT-style)",
+                            "(CPU / GPU size); minilm-locked: pretrained all-MiniLM-L6-v2, frozen (the reverse of LiT, "
+                            "which locks the image tower)",
                             choices=("scratch-s", "scratch-b", "minilm-locked"))
     embed_dim: int = param(128, "size of the joint image-text embedding", min=8)
     context_length: int = param(32, "text tokens per caption (shapes captions need at most 31)", min=8, max=77)
@@ -292,10 +293,10 @@ class ClipConfig(TrainConfig):
                                     min=0.01, max=1.0)
     local_loss: bool = param(True, "under DDP: each rank scores its own images against all gathered texts (open_clip "
                              "local_loss), instead of every rank computing the whole global matrix")
-    compare_epochs: int = param(1, "epochs of each run in the CLIP vs SigLIP vs LiT comparison", min=1)
+    compare_epochs: int = param(1, "epochs of each run in the CLIP vs SigLIP vs locked-MiniLM comparison", min=1)
     scaling_epochs: int = param(1, "epochs of each run of the batch-size scaling experiment", min=1)
-    icon_dataset: str = param("emoji", "the real icon set(s) of the last section: CLIP vs LiT on held-out categories "
-                              "and Fashion-MNIST (all: the three; none: skip it)",
+    icon_dataset: str = param("emoji", "the real icon set(s) of the last section: CLIP vs the locked MiniLM on "
+                              "held-out categories and Fashion-MNIST (all: the three; none: skip it)",
                               choices=("none", "emoji", "openmoji", "openclipart", "all"))
     icon_epochs: int = param(1, "epochs of each run on the icon set", min=1)
     icon_n_train: int = param(0, "training pairs of the icon set (0 = all of them)", min=0)

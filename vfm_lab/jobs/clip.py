@@ -1,4 +1,5 @@
-"""Chapter 02's job: language supervision (CLIP, SigLIP, LiT), the same-budget comparison, the icon sets."""
+"""Chapter 02's job: language supervision (CLIP, SigLIP, a locked MiniLM text tower), the same-budget comparison,
+the icon sets."""
 from __future__ import annotations
 
 import warnings
@@ -143,7 +144,7 @@ def table_row(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def compare_clip(cfg: ClipConfig) -> dict[str, dict[str, float]]:
-    """CLIP vs SigLIP vs CLIP with the locked MiniLM text tower (LiT-style) at the same budget:
+    """CLIP vs SigLIP vs CLIP with the locked MiniLM text tower at the same budget:
     ``cfg.compare_epochs`` at ``cfg.batch_size`` on ``cfg.dataset``, each run into its own
     ``results.json`` entry ``compare-<name>``. Returns one table row per variant."""
     return {name: table_row(train_clip(cfg, f"compare-{name}", epochs=cfg.compare_epochs, **kw)[2])
@@ -180,7 +181,7 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
 
 
 def clip_job(cfg: ClipConfig) -> dict[str, Any]:
-    """``vfm-lab train 02``: the main run (:func:`train_clip`), CLIP vs SigLIP vs LiT at the same budget
+    """``vfm-lab train 02``: the main run (:func:`train_clip`), CLIP vs SigLIP vs the locked MiniLM at the same budget
     (:func:`compare_clip`), and on each icon set ``cfg.icon_dataset`` names, a text tower from scratch
     against the locked MiniLM (:func:`train_icons`; a set not on this machine is skipped with a warning).
     Prints the tables; every run is an entry of ``results.json``."""
@@ -192,8 +193,8 @@ def clip_job(cfg: ClipConfig) -> dict[str, Any]:
             warnings.warn(f"icon set {dataset} skipped: {e}")
     if D.is_main():
         write_results(cfg.out_dir, {"config": cfg.to_dict()})
-        print(f"CLIP vs SigLIP vs LiT, {cfg.compare_epochs} epochs at batch {cfg.batch_size} on {cfg.dataset}:\n"
-              + format_table(out["compare"]))
+        print(f"CLIP vs SigLIP vs locked MiniLM, {cfg.compare_epochs} epochs at batch {cfg.batch_size} on "
+              f"{cfg.dataset}:\n" + format_table(out["compare"]))
         for dataset in icon_sets(cfg):
             rows = {name: row for name, row in out["icons"].items() if name.startswith(f"{dataset}/")}
             if rows:

