@@ -173,6 +173,7 @@ def test_a_short_clip_run_aligns_images_and_captions(tmp_path):
     before = clip_metrics(model, test)
     run = fit(model, train, out_dir=tmp_path / "clip", progress=False, **cfg.train_kwargs())
     after = clip_metrics(model, test)
+    # measured under the kernels and threads of `make test-kernels`: a fall of 1.67-1.68, R@10 0.38-0.40 against 0.15
     above("clip: loss fall over the run", run.history[0]["loss"] - run.history[-1]["loss"], 0.5)
     above("clip: text-to-image R@10", after["t2i_R@10"], max(2 * before["t2i_R@10"], 3 * 10 / len(test)))
 

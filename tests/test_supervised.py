@@ -224,7 +224,8 @@ def test_combination_labels_is_a_bijection_onto_range_total(sizes):
 @pytest.mark.slow
 def test_supervised_training_learns_the_digits():
     """convnet-s with cross-entropy, 3 epochs on the 1,438 16x16 training digits in fp32 (~2 s). Measured test
-    accuracy 0.944-0.961 over seeds 0-3, against a line of 0.85."""
+    accuracy 0.944-0.961 over seeds 0-3, and 0.958-0.981 over the kernels and threads of `make test-kernels`
+    (untrained 0.064; the final loss 0.05 of the first), against a line of 0.85."""
     torch.manual_seed(0)
     train, test = load("digits", "train", image_size=16), load("digits", "test", image_size=16)
     model = Classifier(build_backbone("convnet-s", 1, 16), 10)
