@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SCALE ?= lab
 NBVAL := build/nbval
 
-.PHONY: setup browser test-data data run test test-kernels bench lab clean
+.PHONY: setup browser test-data data run test test-kernels bench lab student clean
 
 setup: $(VENV)/.installed
 
@@ -67,6 +67,10 @@ test-kernels: setup
 # Engine overhead, shapes speed, and SSL steps against lightly (in the test extra).
 bench: setup
 	$(BIN)/vfm-lab bench all
+
+# The student notebooks: each exercise's solution replaced by `raise NotImplementedError()` (nbgrader's ClearSolutions).
+student: setup
+	$(BIN)/python -m vfm_lab.exercises build/student notebooks/*.ipynb
 
 # JupyterLab on the chapters.
 lab: setup

@@ -216,6 +216,13 @@ def test_dino_loss_and_center_match_the_original(ncrops, teacher_temp, student_t
         torch.testing.assert_close(ours.center, original.center)
 
 
+@pytest.mark.parametrize("n_teacher, n_student", [(2, 2), (2, 8), (2, 12)])
+def test_dino_loss_averages_every_teacher_view_against_every_other_student_view(n_teacher, n_student):
+    pairs = DINOLoss.pairs(n_teacher, n_student)
+    assert pairs.shape == (n_teacher, n_student) and int(pairs.sum()) == n_teacher * n_student - n_teacher
+    assert not pairs[0, 0] and not pairs[1, 1] and pairs[0, 1] and pairs[1, 0]
+
+
 def test_dino_loss_gradient_flows_to_the_student_only_and_centering_can_be_switched_off():
     s, t = randn(1, 4, 3, 16).requires_grad_(), randn(2, 2, 3, 16).requires_grad_()
     loss = DINOLoss(16, centering=False)

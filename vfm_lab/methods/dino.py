@@ -119,11 +119,15 @@ class DINOLoss(nn.Module):
         log_ps = F.log_softmax(student.float() / self.student_temp, dim=-1)  # (Vs, B, K)
         pt = self.teacher_probs(teacher)  # (Vt, B, K)
         ce = -torch.einsum("tbk,sbk->tsb", pt, log_ps).mean(dim=-1)  # (Vt, Vs) H(P_t, P_s) per pair of views
-        other = ~torch.eye(*ce.shape, dtype=torch.bool, device=ce.device)  # skip a view with itself
-        loss = ce[other].mean()
+        loss = ce[self.pairs(len(teacher), len(student)).to(ce.device)].mean()
         if self.centering:
             self.update_center(teacher)
         return loss
+
+    @staticmethod
+    def pairs(n_teacher: int, n_student: int) -> torch.Tensor:
+        """Which (teacher view, student view) pairs the loss averages: (Vt, Vs), all but a view with itself."""
+        return ~torch.eye(n_teacher, n_student, dtype=torch.bool)
 
     @torch.no_grad()
     def update_center(self, teacher: torch.Tensor) -> None:

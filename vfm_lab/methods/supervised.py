@@ -9,8 +9,11 @@ Three heads-and-losses, from the plain to the large-scale:
   ``L = -log( e^{s(cos θ_y - m)} / (e^{s(cos θ_y - m)} + Σ_{j≠y} e^{s cos θ_j}) )``;
 - sampled softmax [2] for label spaces too large to score every class at every step:
   the softmax runs over the batch's own classes plus ``num_sampled`` random other
-  classes (uniform sampling, so the log-probability correction is a constant and drops
-  out). With every class sampled it is exactly the full cross-entropy.
+  classes, drawn from a proposal ``q``. Each logit is corrected by ``- log q_j`` (eq. 12
+  of [2]; TensorFlow's ``subtract_log_q``), so classes the proposal favours do not win
+  the softmax for being sampled often (an approximation for a sample much smaller than
+  the label space). Uniform sampling (the default) makes the correction a constant,
+  which drops out; then, with every class sampled, it is exactly the full cross-entropy.
 
 - [0] CosFace, Wang et al., 2018, https://arxiv.org/abs/1801.09414
 - [1] MOFI, Wu et al., 2023, https://arxiv.org/abs/2306.07952
@@ -71,32 +74,43 @@ class CosFaceHead(nn.Module):
 
 
 class SampledSoftmaxHead(nn.Module):
-    """Softmax over the batch's classes plus ``num_sampled`` uniformly drawn others."""
+    """Softmax over the batch's classes plus ``num_sampled`` others drawn from ``proposal``
+    (K,) sampling probabilities (None: uniform), each logit minus ``log q_j``."""
 
-    def __init__(self, embed_dim: int, num_classes: int, num_sampled: int = 256):
+    def __init__(self, embed_dim: int, num_classes: int, num_sampled: int = 256,
+                 proposal: torch.Tensor | None = None):
         super().__init__()
         if num_sampled < 1:
             raise ValueError(f"num_sampled={num_sampled} must be at least 1")
+        if proposal is not None and (proposal.shape != (num_classes,) or not (proposal > 0).all()):
+            raise ValueError(f"proposal must hold {num_classes} positive sampling probabilities, one per class; "
+                             f"got shape {tuple(proposal.shape)}, min {proposal.min().item():.3g}")
         self.fc = nn.Linear(embed_dim, num_classes)
         self.num_sampled = num_sampled
+        uniform = torch.full((num_classes,), 1.0 / num_classes)
+        self.register_buffer("proposal", uniform if proposal is None else proposal / proposal.sum())  # (K,) q
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return self.fc(features)  # (B, K): evaluation scores every class
 
     def sample_classes(self, labels: torch.Tensor) -> torch.Tensor:
-        """The batch's classes first, then random negatives, without repeats."""
-        num_classes = self.fc.out_features
+        """The batch's classes first, then negatives drawn from the proposal, without repeats."""
         positives = labels.unique()
-        noise = torch.randperm(num_classes, device=labels.device)[: self.num_sampled + len(positives)]
+        draws = min(self.num_sampled + len(positives), len(self.proposal))
+        noise = torch.multinomial(self.proposal, draws, replacement=False)
         negatives = noise[~torch.isin(noise, positives)][: self.num_sampled]
         return torch.cat([positives, negatives])  # (C,)
 
+    def sampled_logits(self, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """The scores of ``classes`` only, each corrected by ``- log q_j``: (B, C)."""
+        logits = features @ self.fc.weight[classes].T + self.fc.bias[classes]  # (B, C)
+        return logits - self.proposal[classes].log()
+
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         classes = self.sample_classes(labels)  # (C,)
-        logits = features @ self.fc.weight[classes].T + self.fc.bias[classes]  # (B, C)
         remap = torch.full((self.fc.out_features,), -1, dtype=torch.long, device=labels.device)
         remap[classes] = torch.arange(len(classes), device=labels.device)
-        return F.cross_entropy(logits, remap[labels])
+        return F.cross_entropy(self.sampled_logits(features, classes), remap[labels])
 
 
 def build_head(loss: str, embed_dim: int, num_classes: int, *, margin: float = 0.35, scale: float = 30.0,
