@@ -243,6 +243,13 @@ def test_default_out_dir_is_stable_across_processes():
 
 
 # ---- showing --------------------------------------------------------------------------
+def test_describe_opens_with_the_smoke_banner_at_smoke_scale_only():
+    assert TourConfig.from_params(scale="smoke").describe().splitlines()[0].startswith(
+        "scale='smoke' only checks that the code runs")
+    assert "vfm-lab run 00_tour -p scale=lab" in TourConfig.from_params(scale="smoke").describe()
+    assert "only checks" not in TourConfig.from_params(scale="lab").describe()
+
+
 def test_describe_mentions_every_field_with_its_value():
     cfg = SupervisedConfig.from_params(scale="lab", margin=0.2)
     text = cfg.describe()

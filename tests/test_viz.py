@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -14,6 +18,7 @@ from sklearn.decomposition import PCA  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from vfm_lab import viz  # noqa: E402
+from vfm_lab.figures import FIGURES, method_figure  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -128,3 +133,37 @@ def test_views_side_by_side_three_rows_of_n():
     fig = viz.views_side_by_side(x, x[:, :, :16, :16], x.flip(-1), n=5)
     assert len(fig.axes) == 15 and all(len(ax.images) == 1 for ax in fig.axes)
     assert [fig.axes[i].get_ylabel() for i in (0, 5, 10)] == ["original", "view 1", "view 2"]
+
+
+# ---- the method figures --------------------------------------------------------------------
+@pytest.mark.parametrize("name", FIGURES)
+def test_method_figure_draws_every_box_and_arrow_of_its_method(name):
+    _, boxes, arrows = FIGURES[name]
+    ax = method_figure(name).axes[0]
+    texts = [t.get_text() for t in ax.texts]
+    assert all(text in texts for _, _, text, _ in boxes.values())
+    styles = [a.arrow_patch.get_linestyle() for a in ax.texts if getattr(a, "arrow_patch", None) is not None]
+    assert len(styles) == len(arrows)
+    assert all(src in boxes and dst in boxes for src, dst, _, _ in arrows)
+
+
+def test_the_figures_mark_what_gets_no_gradient():
+    for name in ("moco", "byol", "dino", "mae"):  # a target without gradient: an EMA copy, a stop-gradient, pixels
+        assert any(style == "nograd" for *_, style in FIGURES[name][2]), name
+    assert any(kind == "frozen" for *_, kind in FIGURES["byol"][1].values())
+
+
+def test_method_figure_names_the_figures_it_has():
+    with pytest.raises(ValueError, match="no figure for method='swav'; choose one of supervised, clip"):
+        method_figure("swav")
+
+
+@pytest.mark.parametrize("chapter, methods", [("01_supervised", ["supervised"]), ("02_clip", ["clip"]),
+                                              ("03_contrastive", ["simclr", "moco"]),
+                                              ("04_non_contrastive", ["byol", "simsiam", "dino"]),
+                                              ("05_mim", ["mae", "simmim"])])
+def test_each_chapter_shows_the_figure_of_each_method_it_teaches(chapter, methods):
+    nb = json.loads((Path(__file__).parents[1] / "notebooks" / f"{chapter}.ipynb").read_text())
+    shown = [m for c in nb["cells"] if c["cell_type"] == "code"
+             for m in re.findall(r'method_figure\("(\w+)"\)', "".join(c["source"]))]
+    assert shown == methods

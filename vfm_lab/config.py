@@ -32,6 +32,8 @@ from typing import Any, ClassVar
 from vfm_lab.errors import LabError
 
 SCALES = ("smoke", "lab", "full")
+SMOKE_BANNER = ("scale='smoke' only checks that the code runs: its models are too small and short for the lessons, "
+                "which need scale='lab' (vfm-lab run {chapter} -p scale=lab)")
 # Names a Jupyter kernel defines in a notebook's global scope that are not parameters.
 _KERNEL_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open", "display"}
 
@@ -141,8 +143,9 @@ class LabConfig:
         return dataclasses.asdict(self)
 
     def describe(self) -> str:
-        """One line per parameter: value, and its meaning."""
-        rows = []
+        """One line per parameter: value, and its meaning; at ``smoke`` scale first a banner that the
+        run only checks the code (the notebooks print this in their first cell)."""
+        rows = [SMOKE_BANNER.format(chapter=self.CHAPTER)] if self.scale == "smoke" else []
         for f in dataclasses.fields(self):
             rows.append(f"{f.name:>18} = {getattr(self, f.name)!r:<16} # {f.metadata.get('help', '')}")
         return "\n".join(rows)
