@@ -8,7 +8,12 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from vfm_lab.exercises import check, exercise_cells, main, role, run_exercises, student_version
+import torch
+import torch.nn.functional as F
+
+from vfm_lab.backbones import build_backbone
+from vfm_lab.exercises import check, check_against_library, exercise_cells, main, role, run_exercises, student_version
+from vfm_lab.methods.moco import MoCoV2
 
 NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
 
@@ -93,3 +98,59 @@ def test_check_compares_words_and_says_what_was_expected():
         check("a word", "higher", "lower", hint="fewer terms")
     with pytest.raises(AssertionError, match=r"expected shape \(3,\), got \(2,\)"):
         check("a vector", [1.0, 2.0], [1.0, 2.0, 3.0])
+
+
+# ---- a notebook's key lines against the library ----------------------------------------------
+KEY_LINES = {"03_contrastive": ["SimCLR", "MoCo v2", "MoCo v3"], "04_non_contrastive": ["BYOL", "SimSiam", "DINO"]}
+
+
+@pytest.mark.parametrize("chapter, methods", KEY_LINES.items())
+def test_each_chapter_checks_the_key_lines_of_its_methods_against_the_library(chapter, methods):
+    nb = read(Path(__file__).parents[1] / "notebooks" / f"{chapter}.ipynb")
+    checked = [m for c in nb.cells if c.cell_type == "code" for m in re.findall(r'check_against_library\("([^"]+)"', c.source)]
+    assert checked == methods
+
+
+def moco_lines(model, batch, *, tau_factor=1.0, enqueue=True):
+    """MoCo v2's one-way step written out; ``tau_factor`` and ``enqueue`` make it wrong on purpose."""
+    x = batch["image"]
+    x1, x2 = model.view1(x), model.view2(x)
+    queue = model.queue.clone()
+    q = F.normalize(model.projector(model.backbone(x1)), dim=1)
+    with torch.no_grad():
+        k = F.normalize(model.key_projector(model.key_backbone(x2)), dim=1)
+    logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue.T], 1) / (model.criterion.temperature * tau_factor)
+    if enqueue:
+        model.enqueue(k)
+    return F.cross_entropy(logits, torch.zeros(len(x), dtype=torch.long))
+
+
+@pytest.fixture
+def moco():
+    torch.manual_seed(0)
+    return MoCoV2(build_backbone("convnet-s", 3, 16), proj_dim=8, queue_size=12, momentum=0.9), \
+        {"image": torch.rand(4, 3, 16, 16)}
+
+
+def test_check_against_library_passes_the_same_step_and_leaves_the_method_as_it_was(moco, capsys):
+    model, batch = moco
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    check_against_library("MoCo v2", model, batch, moco_lines)
+    assert "✓ MoCo v2: the same loss" in capsys.readouterr().out
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("wrong, match", [(dict(tau_factor=2.0), "the cell's loss is"),
+                                          (dict(enqueue=False), r"state after the step differs .* \['queue'")])
+def test_check_against_library_names_what_differs(moco, wrong, match):
+    model, batch = moco
+    with pytest.raises(AssertionError, match=match):
+        check_against_library("MoCo v2", model, batch, lambda m, b: moco_lines(m, b, **wrong))
+
+
+def test_check_against_library_checks_the_cells_own_after_step(moco):
+    model, batch = moco
+    check_against_library("MoCo v2 with the library's EMA", model, batch, moco_lines, lambda m: m.after_step(0, 10))
+    with pytest.raises(AssertionError, match="state after the step differs .*'key_backbone"):
+        check_against_library("MoCo v2 without the EMA", model, batch, moco_lines, lambda m: None)

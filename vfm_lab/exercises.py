@@ -1,4 +1,7 @@
-"""The chapters' exercises: the check their cells call, and the student notebooks.
+"""The chapters' checks: a method's key lines against its library class, the exercises, the student notebooks.
+
+:func:`check_against_library` runs one training step of a library method and of a notebook cell's
+lines for it, from the same state and seed, and checks that they agree.
 
 A chapter's exercises are its last section, from the ``## Exercises`` heading on, and run on
 their own: the section's first code cell imports what they use. Each exercise is a markdown
@@ -24,7 +27,7 @@ import argparse
 import copy
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import nbformat
 import torch
@@ -49,6 +52,54 @@ def check(name: str, yours: Any, reference: Any, *, atol: float = 1e-5, rtol: fl
         show = lambda t: t.item() if t.numel() == 1 else f"{t.flatten()[:4].tolist()}..."
         raise AssertionError(f"✗ {name}: expected {show(b)}, got {show(a)} (hint: {hint})")
     print(f"✓ {name}: correct")
+
+
+def check_against_library(name: str, method: torch.nn.Module, batch: dict[str, torch.Tensor],
+                          forward: Callable[[torch.nn.Module, dict], torch.Tensor],
+                          after_step: Callable[[torch.nn.Module], None] | None = None, *, seed: int = 0,
+                          lr: float = 0.1, atol: float = 1e-5, rtol: float = 1e-4) -> None:
+    """The notebook's lines of a method against its library class: one training step on ``batch``,
+    twice from the same state and seed. The library's step is ``method(batch)["loss"]``, backward,
+    plain SGD with ``lr``, then ``method.after_step`` (if it has one); the notebook's is
+    ``forward(method, batch)``, the same backward and SGD, then ``after_step(method)`` (None: the
+    library's). Checks the same loss, the same gradient of every parameter and the same state
+    afterwards (weights, EMA copies, a queue, a center, BatchNorm statistics); prints what matched
+    or raises with the first difference. The method is left as it was."""
+    start = copy.deepcopy(method.state_dict())
+
+    def step(loss_of: Callable[[], torch.Tensor], update: Callable[[], None]):
+        method.load_state_dict(start)
+        method.zero_grad(set_to_none=True)
+        torch.manual_seed(seed)  # the same views, masks and crops
+        loss = loss_of()
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None}
+        with torch.no_grad():
+            for p in method.parameters():
+                if p.grad is not None:
+                    p.sub_(lr * p.grad)
+        update()
+        return loss.detach(), grads, {k: v.clone() for k, v in method.state_dict().items()}
+
+    library_update = (lambda: method.after_step(0, 10)) if hasattr(method, "after_step") else (lambda: None)
+    try:
+        ref = step(lambda: method(batch)["loss"], library_update)
+        mine = step(lambda: forward(method, batch), (lambda: after_step(method)) if after_step else library_update)
+    finally:
+        method.load_state_dict(start)
+        method.zero_grad(set_to_none=True)
+    close = lambda a, b: a.shape == b.shape and torch.allclose(a.double(), b.double(), atol=atol, rtol=rtol)
+    if not close(mine[0], ref[0]):
+        raise AssertionError(f"✗ {name}: the cell's loss is {mine[0].item():.6f}, {type(method).__name__}'s "
+                             f"{ref[0].item():.6f}")
+    for what, a, b in (("gradient", mine[1], ref[1]), ("state after the step", mine[2], ref[2])):
+        if a.keys() != b.keys():
+            raise AssertionError(f"✗ {name}: the {what} covers {sorted(a.keys() ^ b.keys())[:3]} in one run only")
+        bad = [k for k in a if not close(a[k], b[k])]
+        if bad:
+            raise AssertionError(f"✗ {name}: the {what} differs from {type(method).__name__}'s in {bad[:3]}")
+    print(f"✓ {name}: the same loss ({ref[0].item():.4f}), gradients of {len(ref[1])} parameter tensors and "
+          f"state after the step ({len(ref[2])} tensors) as {type(method).__name__}")
 
 
 def exercise_cells(nb: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
