@@ -15,6 +15,7 @@ from vfm_lab.config import TourConfig
 from vfm_lab.data import load
 from vfm_lab.diagnostics import (OnlineKNN, alignment, cls_attention, collapse_report, effective_rank, embedding_std,
                                  uniformity)
+from vfm_lab.engine import Method
 from vfm_lab.jobs import pretrain
 
 G = lambda: torch.Generator().manual_seed(0)
@@ -113,7 +114,7 @@ def test_online_knn_runs_every_n_epochs():
         OnlineKNN(knn.backbone, train, test, every=0)
 
 
-class ShapeLabels(nn.Module):
+class ShapeLabels(Method):
     """A stand-in for an SSL method (the contract: backbone, embed, forward -> loss): labels make it learn fast."""
 
     def __init__(self, backbone):

@@ -391,13 +391,13 @@ def test_the_engine_trains_each_parameter_at_its_scaled_learning_rate():
     m / sqrt(v) is the gradient's sign): with layer decay, by lr * decay ** (L - layer)."""
     data = load("shapes", "train", n=16, image_size=32)
     model = Classifier(vit(), data.num_classes)
-    model.lr_scale = layer_decay_scale(model, 0.5)
+    scale = layer_decay_scale(model, 0.5)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     fit(model, data, epochs=1, batch_size=16, lr=1e-2, weight_decay=0.0, device="cpu", precision="fp32",
-        progress=False)
+        progress=False, lr_scale=scale)
     for name, p in model.named_parameters():
         step = (p.detach() - before[name]).abs().max().item()
-        assert step == pytest.approx(1e-2 * model.lr_scale(name), rel=1e-3), name
+        assert step == pytest.approx(1e-2 * scale(name), rel=1e-3), name
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from torch import nn
 
 from vfm_lab.backbones import build_backbone
 from vfm_lab.data import ImageSet, batches, load
-from vfm_lab.engine import fit
+from vfm_lab.engine import Method, fit
 from vfm_lab.evaluate import attribute_probes, extract_features
 
 
@@ -23,7 +23,7 @@ def toy_data(n: int = 256, seed: int = 0) -> ImageSet:
     return ImageSet("toy", x, y, ["right", "left"])
 
 
-class ToyMethod(nn.Module):
+class ToyMethod(Method):
     """Linear classifier with a random-noise augmentation (so resume must restore RNG state)
     and BatchNorm (so it has buffers). With ``hang_at=N`` and ``hung=PATH`` the N-th forward pass
     writes PATH and then waits forever: a process to kill at a known step, however busy the CPU."""
@@ -50,7 +50,7 @@ class ToyMethod(nn.Module):
         self.ema_calls += 1
 
 
-class LinearToy(nn.Module):
+class LinearToy(Method):
     """A linear classifier with a fixed initialisation, no noise and no BatchNorm: runs that see the
     same images in the same steps end with the same weights (grad accumulation, DDP)."""
 
@@ -63,7 +63,7 @@ class LinearToy(nn.Module):
         return {"loss": nn.functional.cross_entropy(self.fc(batch["image"].flatten(1)), batch["label"])}
 
 
-class BNToy(nn.Module):
+class BNToy(Method):
     """BatchNorm then a linear layer: its running statistics show which images a process saw."""
 
     def __init__(self):
@@ -97,12 +97,11 @@ def short_ssl_run(build: Callable[[nn.Module], nn.Module], names: tuple[str, ...
     return before, probes(model.backbone, train, test, names)
 
 
-def one_training_step(model: nn.Module, data: ImageSet, batch_size: int = 4) -> None:
+def one_training_step(model: Method, data: ImageSet, batch_size: int = 4) -> None:
     """One forward, backward and ``after_step`` of a method on a batch of ``data`` (the engine's batch dict):
     a finite loss and a gradient in every backbone weight show that a preset's sizes fit together."""
     loss = model(next(batches(data, batch_size)))["loss"]
     loss.backward()
     assert all(p.grad is not None for p in model.backbone.parameters() if p.requires_grad)
-    if hasattr(model, "after_step"):
-        model.after_step(0, total_steps=10)
+    model.after_step(0, total_steps=10)
     assert math.isfinite(loss.item())

@@ -1,10 +1,11 @@
 """The engine: one loop that trains any method.
 
-A method is an ``nn.Module`` whose ``forward(batch)`` returns a dict with ``loss``
-(plus any scalars it wants logged). If it has ``after_step(step, total_steps)``, the
-engine calls it after every optimizer step (EMA teachers, temperature schedules); if it
-has ``lr_scale(parameter_name)``, that parameter's learning rate is the schedule's times
-this factor (layer-wise lr decay for fine-tuning, MAE's ``param_groups_lrd``).
+A method is a :class:`Method`: an ``nn.Module`` whose ``forward(batch)`` returns a dict with
+``loss`` (plus any scalars it wants logged), and two hooks that do nothing unless the method
+overrides them: ``after_step(step, total_steps)``, called after every optimizer step (EMA
+teachers, temperature schedules), and ``lr_scale(parameter_name)``, a factor on that
+parameter's learning rate (layer-wise lr decay, MAE's ``param_groups_lrd``; ``fit(lr_scale=...)``
+gives one from outside, as fine-tuning does).
 Everything else -- AdamW with per-step warm-up + cosine schedules for the learning
 rate and weight decay, mixed precision, gradient accumulation and clipping, atomic
 checkpoints and exact resume, a non-finite-loss guard, progress bars, a metrics log,
@@ -74,6 +75,20 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
         t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)
 
 
+# ---- what the engine trains ------------------------------------------------------------
+class Method(nn.Module):
+    """What :func:`fit` trains: ``forward(batch)`` returns ``{"loss": scalar tensor, ...}``. The two
+    hooks do nothing here; a method overrides those its paper needs."""
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """Called after optimizer step ``step`` (from 0) of ``total_steps``: EMA teachers, momentum and
+        temperature schedules, clamps."""
+
+    def lr_scale(self, name: str) -> float:
+        """The factor on the learning rate of parameter ``name``: 1 for every parameter here."""
+        return 1.0
+
+
 # ---- the result of a run -------------------------------------------------------------
 @dataclass
 class TrainResult:
@@ -90,13 +105,14 @@ class TrainResult:
 
 
 @D.reports_stopped_peers  # a rank that dies under torchrun: the others stop with one clear line
-def fit(method: nn.Module, data: ImageSet, *, epochs: int, batch_size: int, lr: float,
+def fit(method: Method, data: ImageSet, *, epochs: int, batch_size: int, lr: float,
         weight_decay: float = 0.05, final_weight_decay: float | None = None, min_lr: float = 0.0,
         warmup_epochs: float = 0.0, grad_accum: int = 1, clip_grad: float = 0.0,
         device: str | torch.device = "auto", precision: str = "auto", seed: int = 0,
         out_dir: str | Path | None = None, resume: bool = True, checkpoint_every: int = 200,
         log_every: int = 10, sync_batchnorm: bool = False, progress: bool = True,
-        on_epoch_end: Callable[[int], dict[str, float]] | None = None) -> TrainResult:
+        on_epoch_end: Callable[[int], dict[str, float]] | None = None,
+        lr_scale: Callable[[str], float] | None = None) -> TrainResult:
     """Train ``method`` on ``data`` and return its history.
 
     ``batch_size`` is per process and per micro-batch; one optimizer step sees
@@ -104,8 +120,12 @@ def fit(method: nn.Module, data: ImageSet, *, epochs: int, batch_size: int, lr: 
     written atomically every ``checkpoint_every`` steps and at the end, and a later call
     with the same ``out_dir`` resumes from it (``resume=False`` starts over). Under
     ``torchrun`` the method is wrapped in DDP and every rank reads its own shard.
-    ``on_epoch_end(epoch)`` may return metrics (for example online kNN) to log.
+    ``on_epoch_end(epoch)`` may return metrics (for example online kNN) to log. ``lr_scale``
+    replaces ``method.lr_scale``: a learning-rate factor per parameter name.
     """
+    if not isinstance(method, Method):
+        raise TypeError(f"fit trains a vfm_lab.engine.Method, got a {type(method).__name__}: subclass Method "
+                        f"(forward(batch) -> {{'loss': ...}}; hooks after_step and lr_scale)")
     for name, value in dict(epochs=epochs, batch_size=batch_size, grad_accum=grad_accum,
                             checkpoint_every=checkpoint_every, log_every=log_every).items():
         if not isinstance(value, int) or value < 1:
@@ -130,7 +150,7 @@ def fit(method: nn.Module, data: ImageSet, *, epochs: int, batch_size: int, lr: 
     if sync_batchnorm:
         method = D.convert_sync_batchnorm(method, device)
     method.to(device)
-    lr_scale = getattr(method, "lr_scale", lambda name: 1.0)  # optional: parameter name -> lr multiplier
+    lr_scale = lr_scale or method.lr_scale  # parameter name -> lr multiplier
     # (decay?, lr factor) -> parameters; the two unscaled groups always exist, decayed first, so a run
     # without lr_scale has the optimizer layout (and checkpoints) it had before lr_scale existed
     groups: dict[tuple[bool, float], list[nn.Parameter]] = {(True, 1.0): [], (False, 1.0): []}
@@ -195,8 +215,7 @@ def fit(method: nn.Module, data: ImageSet, *, epochs: int, batch_size: int, lr: 
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
-            if hasattr(method, "after_step"):
-                method.after_step(step, total)
+            method.after_step(step, total)
             step += 1
             count += 1
             bar.update(1)

@@ -265,9 +265,8 @@ def finetune(backbone: Backbone, train: ImageSet, test: ImageSet, *, epochs: int
     with torch.random.fork_rng(devices=[]):  # leaves the caller's random stream as it was
         torch.manual_seed(fit_kw.get("seed", 0))
         model = Classifier(copy.deepcopy(backbone), train.num_classes, "ce", augment=augment)
-    if layer_decay != 1.0:
-        model.lr_scale = layer_decay_scale(model, layer_decay)  # read by the engine's optimizer
-    result = fit(model, train, epochs=epochs, batch_size=batch_size, lr=lr, **fit_kw)
+    scale = layer_decay_scale(model, layer_decay) if layer_decay != 1.0 else None
+    result = fit(model, train, epochs=epochs, batch_size=batch_size, lr=lr, lr_scale=scale, **fit_kw)
     return {"test_acc": accuracy(model, test), "train_seconds": result.seconds, "model": model}
 
 
@@ -277,7 +276,7 @@ def layer_decay_scale(model: nn.Module, decay: float) -> Callable[[str], float]:
     are layer 0, block ``i`` is layer ``i + 1``, the final norm and the head layer ``L = depth + 1``;
     a parameter of layer ``l`` trains at ``decay ** (L - l)`` times the learning rate. The blocks
     that pre-training shaped most generally (the lowest) move least. Returns ``name -> factor``
-    for ``model.named_parameters()``, the form :func:`vfm_lab.engine.fit` reads from ``lr_scale``.
+    for ``model.named_parameters()``, the form :func:`vfm_lab.engine.fit` takes as ``lr_scale``.
 
     >>> from vfm_lab.backbones import build_backbone
     >>> scale = layer_decay_scale(Classifier(build_backbone("vit-nano"), 10), 0.5)   # depth 4, L = 5

@@ -32,6 +32,8 @@ from typing import Any, Callable
 import nbformat
 import torch
 
+from vfm_lab.engine import Method
+
 HEADING = "## Exercises"
 
 
@@ -54,13 +56,13 @@ def check(name: str, yours: Any, reference: Any, *, atol: float = 1e-5, rtol: fl
     print(f"✓ {name}: correct")
 
 
-def check_against_library(name: str, method: torch.nn.Module, batch: dict[str, torch.Tensor],
-                          forward: Callable[[torch.nn.Module, dict], torch.Tensor],
-                          after_step: Callable[[torch.nn.Module], None] | None = None, *, seed: int = 0,
+def check_against_library(name: str, method: Method, batch: dict[str, torch.Tensor],
+                          forward: Callable[[Method, dict], torch.Tensor],
+                          after_step: Callable[[Method], None] | None = None, *, seed: int = 0,
                           lr: float = 0.1, atol: float = 1e-5, rtol: float = 1e-4) -> None:
     """The notebook's lines of a method against its library class: one training step on ``batch``,
     twice from the same state and seed. The library's step is ``method(batch)["loss"]``, backward,
-    plain SGD with ``lr``, then ``method.after_step`` (if it has one); the notebook's is
+    plain SGD with ``lr``, then ``method.after_step``; the notebook's is
     ``forward(method, batch)``, the same backward and SGD, then ``after_step(method)`` (None: the
     library's). Checks the same loss, the same gradient of every parameter and the same state
     afterwards (weights, EMA copies, a queue, a center, BatchNorm statistics); prints what matched
@@ -81,7 +83,7 @@ def check_against_library(name: str, method: torch.nn.Module, batch: dict[str, t
         update()
         return loss.detach(), grads, {k: v.clone() for k, v in method.state_dict().items()}
 
-    library_update = (lambda: method.after_step(0, 10)) if hasattr(method, "after_step") else (lambda: None)
+    library_update = lambda: method.after_step(0, 10)
     try:
         ref = step(lambda: method(batch)["loss"], library_update)
         mine = step(lambda: forward(method, batch), (lambda: after_step(method)) if after_step else library_update)

@@ -47,7 +47,7 @@ from torch import nn
 from vfm_lab import augment as A
 from vfm_lab.backbones import Backbone
 from vfm_lab.diagnostics import embedding_std
-from vfm_lab.engine import cosine_schedule, ema_update
+from vfm_lab.engine import Method, cosine_schedule, ema_update
 from vfm_lab.methods.simclr import View, projection_mlp, two_views
 
 
@@ -64,7 +64,7 @@ class BYOLLoss(nn.Module):
         return (2 - 2 * (p * z).sum(dim=-1)).mean()
 
 
-class BYOL(nn.Module):
+class BYOL(Method):
     """A backbone pre-trained with BYOL.
 
     ``proj_dim`` and ``hidden_dim``: the projector's and predictor's output and hidden widths

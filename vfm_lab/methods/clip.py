@@ -55,6 +55,7 @@ from open_clip.transformer import TextTransformer
 from torch import nn
 
 from vfm_lab import distributed as D
+from vfm_lab.engine import Method
 
 LOSSES = ("clip", "siglip")
 # open_clip text-tower configs (CLIPTextCfg fields); scratch-b is the text tower of CLIP ViT-B/32
@@ -118,7 +119,7 @@ def symmetric_infonce(image: torch.Tensor, text: torch.Tensor, logit_scale: torc
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
-class ClipModel(nn.Module):
+class ClipModel(Method):
     """An image tower (``backbone`` + projection), a text tower, a learned temperature, a loss.
 
     ``captions`` holds one text per training image; they are tokenised (or embedded by the locked

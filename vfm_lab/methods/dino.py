@@ -54,7 +54,7 @@ from vfm_lab import augment as A
 from vfm_lab import distributed as D
 from vfm_lab.backbones import Backbone
 from vfm_lab.diagnostics import embedding_std
-from vfm_lab.engine import cosine_schedule, ema_update
+from vfm_lab.engine import Method, cosine_schedule, ema_update
 
 
 class DINOHead(nn.Module):
@@ -136,7 +136,7 @@ class DINOLoss(nn.Module):
         self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
 
 
-class DINO(nn.Module):
+class DINO(Method):
     """A backbone pre-trained with DINO (student = ``backbone`` + ``head``; teacher = their EMA copy).
 
     ``out_dim`` K, ``hidden_dim`` and ``bottleneck_dim``: the head (paper 65536, 2048, 256);

@@ -45,6 +45,7 @@ from torch import nn
 
 from vfm_lab.backbones import Backbone
 from vfm_lab.data import ImageSet, batches
+from vfm_lab.engine import Method
 
 
 # ---- patches and masks (shared by every masked image model) ----------------------------
@@ -130,7 +131,7 @@ def encode_tokens(backbone: Backbone, tokens: torch.Tensor) -> torch.Tensor:
     return vit.norm(vit.blocks(x))
 
 
-class MAE(nn.Module):
+class MAE(Method):
     """ViT encoder on the visible patches + light Transformer decoder predicting every patch.
 
     mask_ratio: share of patches hidden (0.75 in the paper).

@@ -53,7 +53,7 @@ from vfm_lab import augment as A
 from vfm_lab import distributed as D
 from vfm_lab.backbones import Backbone
 from vfm_lab.diagnostics import embedding_std
-from vfm_lab.engine import cosine_schedule, ema_update
+from vfm_lab.engine import Method, cosine_schedule, ema_update
 from vfm_lab.methods.simclr import View, projection_mlp, two_views
 
 
@@ -117,7 +117,7 @@ def frozen_copy(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module).requires_grad_(False)
 
 
-class _Momentum(nn.Module):
+class _Momentum(Method):
     """What both MoCos share: a query backbone + projector, their momentum copies, the views."""
 
     def __init__(self, backbone: Backbone, projector: nn.Module, momentum: float, augment: View | Sequence[View]):

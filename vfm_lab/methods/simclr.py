@@ -41,6 +41,7 @@ from vfm_lab import augment as A
 from vfm_lab import distributed as D
 from vfm_lab.backbones import Backbone
 from vfm_lab.diagnostics import embedding_std
+from vfm_lab.engine import Method
 
 View = Callable[[torch.Tensor], torch.Tensor]  # images (B, C, H, W) -> one augmented view
 
@@ -122,7 +123,7 @@ class NTXentLoss(nn.Module):
         return F.cross_entropy(logits, targets)
 
 
-class SimCLR(nn.Module):
+class SimCLR(Method):
     """A backbone pre-trained with SimCLR.
 
     ``proj_dim`` is the output of the projection head (paper 128), ``hidden_dim`` its hidden

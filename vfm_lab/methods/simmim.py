@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from vfm_lab.backbones import Backbone
+from vfm_lab.engine import Method
 from vfm_lab.methods.mae import add_positions, encode_tokens, masked_mean, patch_tokens, patchify, unpatchify
 
 
@@ -68,7 +69,7 @@ def encode_with_mask_tokens(backbone: Backbone, images: torch.Tensor, mask: torc
     return encode_tokens(backbone, add_positions(backbone, x))[:, 1:]  # (B, N, D): drop the class token
 
 
-class MaskedPrediction(nn.Module):
+class MaskedPrediction(Method):
     """What SimMIM, MaskFeat and BEiT share: the mask, the encoder with mask tokens, a linear head.
     Subclasses set ``head`` and define ``targets(images)`` and ``loss(pred, target, mask)``."""
 

@@ -51,6 +51,7 @@ from torch import nn
 from vfm_lab import augment as A
 from vfm_lab.backbones import Backbone
 from vfm_lab.diagnostics import embedding_std
+from vfm_lab.engine import Method
 from vfm_lab.methods.simclr import View, projection_mlp, two_views
 
 
@@ -77,7 +78,7 @@ def simsiam_views(size: int) -> A.Augment:
     return dataclasses.replace(A.simclr(size, strength=0.5, blur_p=0.5), crop_scale=(0.2, 1.0))
 
 
-class SimSiam(nn.Module):
+class SimSiam(Method):
     """A backbone pre-trained with SimSiam.
 
     ``proj_dim``: the projector's hidden and output width (paper 2048); ``pred_dim``: the

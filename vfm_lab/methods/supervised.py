@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vfm_lab.engine import Method
+
 LOSSES = ("ce", "cosface", "sampled")
 
 
@@ -124,7 +126,7 @@ def build_head(loss: str, embed_dim: int, num_classes: int, *, margin: float = 0
     raise ValueError(f"loss={loss!r} is not a supervised loss; choose one of {', '.join(LOSSES)}")
 
 
-class Classifier(nn.Module):
+class Classifier(Method):
     """A backbone trained with labels: ``forward(batch)`` augments, embeds, scores.
 
     ``target`` names the batch key that holds the labels (``label`` by default; any
