@@ -217,6 +217,15 @@ def test_leaderboard_gathers_every_results_json(tmp_path):
     assert "\n".join(md) in text and "leaderboard.csv" in text
 
 
+def test_leaderboard_flattens_an_entrys_nested_metrics_into_columns(tmp_path):
+    write_result(tmp_path, "03_contrastive", "lab", {"simclr": {"knn_acc": 0.4, "probe": {"shape": 0.5, "colour": 0.9},
+                                                                "collapse": {"erank": 7.5}}})
+    leaderboard(tmp_path)
+    with open(tmp_path / "leaderboard.csv", newline="") as f:
+        row = next(csv.DictReader(f))
+    assert (row["probe/shape"], row["probe/colour"], row["collapse/erank"]) == ("0.5", "0.9", "7.5")
+
+
 def test_leaderboard_orders_runs_by_the_numbers_in_their_names(tmp_path):
     for batch in (128, 32, 256, 64):
         write_result(tmp_path, "02_clip", f"lab-batch_size={batch}", {"batch_size": batch})

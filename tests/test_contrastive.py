@@ -351,8 +351,9 @@ def test_the_job_writes_each_method_next_to_the_random_backbone(tmp_path):
                                         queue_size=128, out_dir=str(tmp_path), precision="fp32")
     metrics = train_contrastive(cfg)
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["simclr"]["knn_acc"] == metrics["knn_acc"] and "collapse/erank" in metrics
+    assert results["simclr"]["knn_acc"] == metrics["knn_acc"] and "erank" in metrics["collapse"]
     for entry in ("random_init", "simclr"):
-        assert {"knn_acc", "linear_acc", "attr/shape", "attr/colour"} <= set(results[entry])
+        assert {"knn_acc", "linear_acc", "probe"} <= set(results[entry]) and {"shape", "colour"} <= set(
+            results[entry]["probe"])
         assert 0.0 < results[entry]["linear_acc"] <= 1.0
-    assert results["random_init"]["attr/colour"] != results["simclr"]["attr/colour"]  # trained: not the same net
+    assert results["random_init"]["probe"]["colour"] != results["simclr"]["probe"]["colour"]  # trained: another net

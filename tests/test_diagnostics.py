@@ -131,13 +131,17 @@ class ShapeLabels(Method):
 def test_pretrain_trains_evaluates_monitors_and_writes_results(tmp_path):
     cfg = TourConfig.from_params(scale="smoke", n_train=256, n_test=128, image_size=16, epochs=2, batch_size=64,
                                  out_dir=str(tmp_path), precision="fp32")
-    method, metrics = pretrain(cfg, ShapeLabels, "labels")
-    assert isinstance(method, ShapeLabels) and len(metrics["online_knn"]) == 2
-    assert {"knn_acc", "linear_acc", "attr/colour", "collapse/std", "collapse/erank", "collapse/alignment",
-            "train_seconds"} <= set(metrics)
-    assert metrics["collapse/collapsed"] == 0.0
+    run = pretrain(cfg, ShapeLabels, "labels")
+    metrics = run.metrics
+    assert isinstance(run.method, ShapeLabels) and len(metrics["online_knn"]) == 2
+    assert [row["knn_acc"] for row in run.history if "knn_acc" in row] == metrics["online_knn"]  # the whole history
+    assert run.history[-2]["step"] == run.result.steps and any("loss" in row for row in run.history)
+    assert {"knn_acc", "linear_acc", "probe", "collapse", "train_seconds"} <= set(metrics)
+    assert "colour" in metrics["probe"] and {"std", "erank", "alignment"} <= set(metrics["collapse"])
+    assert metrics["collapse"]["collapsed"] == 0.0
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["chapter"] == "00_tour" and results["labels"]["knn_acc"] == metrics["knn_acc"]
+    assert results["labels"]["collapse"] == metrics["collapse"]
     assert (tmp_path / "labels" / "checkpoint.pt").exists()
-    _, again = pretrain(cfg, ShapeLabels, "labels")  # a rerun resumes the finished run: same backbone, same numbers
-    assert again["knn_acc"] == metrics["knn_acc"]
+    again = pretrain(cfg, ShapeLabels, "labels")  # a rerun resumes the finished run: same backbone, same numbers
+    assert again.metrics["knn_acc"] == metrics["knn_acc"] and again.history == run.history

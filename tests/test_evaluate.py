@@ -201,14 +201,16 @@ def test_extract_features_shapes_values_and_mode_restored(training):
     torch.testing.assert_close(bf16, feats, rtol=0.1, atol=0.1)
 
 
-def test_evaluate_backbone_returns_flat_accuracies():
+def test_evaluate_backbone_returns_accuracies_and_a_probe_per_attribute():
     torch.manual_seed(0)
     net = build_backbone("convnet-s", image_size=16)
     out = evaluate_backbone(net, image_set(40), image_set(20, seed=1), knn_k=100, probe_steps=10)
-    assert set(out) == {"knn_acc", "linear_acc", "linear_train_acc", "attr/bright", "attr/bright/chance",
-                        "attr/noise", "attr/noise/chance"}
-    assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in out.values())
+    assert set(out) == {"knn_acc", "linear_acc", "linear_train_acc", "probe", "probe_chance"}
+    assert set(out["probe"]) == set(out["probe_chance"]) == {"bright", "noise"}
+    values = [out["knn_acc"], out["linear_acc"], out["linear_train_acc"], *out["probe"].values(),
+              *out["probe_chance"].values()]
+    assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in values)
     assert out["knn_acc"] == 1.0 and out["linear_acc"] == 1.0  # brightness survives a random convnet
-    assert out["attr/bright/chance"] == 0.5
+    assert out["probe_chance"]["bright"] == 0.5
     assert set(evaluate_backbone(net, image_set(40), image_set(20), probe_steps=2, attributes=False)) == \
         {"knn_acc", "linear_acc", "linear_train_acc"}

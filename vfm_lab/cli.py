@@ -167,10 +167,21 @@ def leaderboard(runs_dir: Path) -> str:
 
     A run gives one row of its top-level numbers and strings, and one more row per nested
     entry (``{"simclr": {...}, "byol": {...}}``: one row per method), named in the ``entry``
-    column; ``config`` and lists (curves) stay out. The CSV holds every row and column; the
-    Markdown has one table per chapter with only the columns that chapter fills.
+    column; an entry's own nested metrics become columns ``probe/shape``, ``collapse/erank``;
+    ``config`` and lists (curves) stay out. The CSV holds every row and column; the Markdown
+    has one table per chapter with only the columns that chapter fills.
     """
     scalar = lambda v: isinstance(v, (int, float, str))
+
+    def flat(values: dict, prefix: str = "") -> dict[str, Any]:
+        out = {}
+        for k, v in sorted(values.items()):
+            if isinstance(v, dict):
+                out.update(flat(v, f"{prefix}{k}/"))
+            elif scalar(v):
+                out[prefix + k] = v
+        return out
+
     rows = []
     for path in sorted(runs_dir.glob("*/*/results.json"), key=natural_key):  # batch_size=32 before =128
         result = json.loads(path.read_text())
@@ -180,7 +191,7 @@ def leaderboard(runs_dir: Path) -> str:
             rows.append({**run, "entry": "", **top})
         for entry, values in sorted(result.items()):
             if isinstance(values, dict) and entry != "config":
-                rows.append({**run, "entry": entry, **{k: v for k, v in sorted(values.items()) if scalar(v)}})
+                rows.append({**run, "entry": entry, **flat(values)})
     if not rows:
         return f"no results.json under {runs_dir}"
     columns = list(dict.fromkeys(k for row in rows for k in row))

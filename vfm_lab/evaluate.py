@@ -206,10 +206,11 @@ def write_results(out_dir: str | os.PathLike, results: dict[str, Any], *, merge:
 def evaluate_backbone(backbone: Backbone, train: ImageSet, test: ImageSet, *, knn_k: int = 20,
                       knn_temperature: float = 0.07, probe_steps: int = 100, attributes: bool = True,
                       batch_size: int = 256, device: torch.device | str | None = None,
-                      dtype: torch.dtype | None = None, seed: int = 0) -> dict[str, float]:
-    """Frozen-feature evaluation of a backbone as one flat dict of accuracies in [0, 1]:
-    ``knn_acc``, ``linear_acc``, ``linear_train_acc`` and, when ``attributes`` and the data
-    have them, ``attr/<name>`` with ``attr/<name>/chance``.
+                      dtype: torch.dtype | None = None, seed: int = 0) -> dict[str, Any]:
+    """Frozen-feature evaluation of a backbone, accuracies in [0, 1]: ``knn_acc``, ``linear_acc``,
+    ``linear_train_acc`` and, when ``attributes`` and the data have them, ``probe`` (one linear
+    probe per attribute: ``metrics["probe"]["shape"]``) and ``probe_chance`` (each one's
+    majority-value baseline).
 
     ``knn_k`` is capped at the number of training images.
     """
@@ -225,9 +226,8 @@ def evaluate_backbone(backbone: Backbone, train: ImageSet, test: ImageSet, *, kn
     if attributes and train.attributes:
         attrs = attribute_probes(train_x, train.attributes, test_x, test.attributes, steps=probe_steps,
                                  device=probe_device)
-        for name, r in attrs.items():
-            results[f"attr/{name}"] = r["acc"]
-            results[f"attr/{name}/chance"] = r["chance"]
+        results["probe"] = {name: r["acc"] for name, r in attrs.items()}
+        results["probe_chance"] = {name: r["chance"] for name, r in attrs.items()}
     return results
 
 

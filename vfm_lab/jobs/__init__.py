@@ -14,7 +14,7 @@ from typing import Any, Callable
 from vfm_lab.jobs.clip import (CLIP_VARIANTS, ICON_BATCH, TABLE_KEYS, build_clip, clip_augment, clip_job,
                                clip_metrics, clip_splits, compare_clip, fashion_zero_shot, format_table, icon_sets,
                                shapes_templates, table_row, train_clip, train_icons)
-from vfm_lab.jobs.common import embed_two_views, load_splits, pretrain, random_init_baseline, supervised_augment
+from vfm_lab.jobs.common import Run, embed_two_views, load_splits, pretrain, random_init_baseline, supervised_augment
 from vfm_lab.jobs.mim import MIM_METHODS, build_mim, probe_and_finetune, train_mim
 from vfm_lab.jobs.ssl import (NON_CONTRASTIVE, build_contrastive, build_non_contrastive, contrastive_views,
                               train_contrastive, train_non_contrastive, tuned_views)

@@ -2,11 +2,11 @@
 pre-training with the frozen-backbone evaluation every SSL chapter reports (:func:`pretrain`)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch import nn
 
 from vfm_lab import distributed as D
 from vfm_lab.augment import Augment, weak
@@ -14,7 +14,7 @@ from vfm_lab.backbones import Backbone, build_backbone
 from vfm_lab.config import TrainConfig
 from vfm_lab.data import ImageSet, batches, load
 from vfm_lab.diagnostics import OnlineKNN, collapse_report
-from vfm_lab.engine import fit
+from vfm_lab.engine import Method, TrainResult, fit
 from vfm_lab.evaluate import evaluate_backbone, write_results
 from vfm_lab.runtime import resolve_device, seed_everything
 
@@ -35,7 +35,7 @@ def supervised_augment(size: int) -> Augment:
 
 
 @torch.no_grad()
-def embed_two_views(method: nn.Module, data: ImageSet, batch_size: int = 256, seed: int = 0
+def embed_two_views(method: Method, data: ImageSet, batch_size: int = 256, seed: int = 0
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """``method.embed`` of every image of ``data`` as it is and under a weak augmentation (flip and
     a mild crop): two views (N, K) on the CPU for :func:`vfm_lab.diagnostics.collapse_report`."""
@@ -52,7 +52,7 @@ def embed_two_views(method: nn.Module, data: ImageSet, batch_size: int = 256, se
     return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
 
 
-def random_init_baseline(cfg: TrainConfig) -> dict[str, float]:
+def random_init_baseline(cfg: TrainConfig) -> dict[str, Any]:
     """The frozen-feature evaluation of ``cfg.backbone`` at initialisation, drawn as :func:`pretrain` draws it:
     the baseline every self-supervised number is read against. Written to ``results.json`` as
     ``random_init`` (rank 0; ``{}`` on the others), so the leaderboard shows it next to the methods."""
@@ -66,15 +66,28 @@ def random_init_baseline(cfg: TrainConfig) -> dict[str, float]:
     return metrics
 
 
-def pretrain(cfg: TrainConfig, make_method: Callable[[Backbone], nn.Module], name: str
-             ) -> tuple[nn.Module, dict[str, float]]:
+@dataclass
+class Run:
+    """What a training call gives back: the trained method, the engine's result (``history``: one row
+    per logged step and one per epoch's online kNN; steps, seconds) and the metrics, nested as
+    ``results.json`` holds them (``metrics["probe"]["shape"]``, ``metrics["collapse"]["erank"]``)."""
+    method: Method
+    result: TrainResult
+    metrics: dict[str, Any]
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        return self.result.history
+
+
+def pretrain(cfg: TrainConfig, make_method: Callable[[Backbone], Method], name: str) -> Run:
     """Self-supervised pre-training, then the frozen-backbone evaluation every SSL chapter reports.
 
     Seeds, builds ``cfg.backbone`` and ``make_method(backbone)``, trains it on the train split into
     ``cfg.out_dir/name`` (a rerun resumes) with online kNN after every epoch, then measures kNN, the
     linear probe and the attribute probes of ``method.backbone`` and the collapse monitor on
-    ``method.embed`` of the test images. The metrics go to ``results.json`` under ``name``.
-    Returns the trained method and its flat metrics (``{}`` on ranks other than 0).
+    ``method.embed`` of the test images. The metrics go to ``results.json`` under ``name``; the
+    :class:`Run` holds them (``{}`` on ranks other than 0), the method and its history.
     """
     seed_everything(cfg.seed)
     train, test = load_splits(cfg)
@@ -82,11 +95,10 @@ def pretrain(cfg: TrainConfig, make_method: Callable[[Backbone], nn.Module], nam
     result = fit(method, train, out_dir=Path(cfg.out_dir) / name, on_epoch_end=OnlineKNN(method.backbone, train, test),
                  **cfg.train_kwargs())
     if not D.is_main():
-        return method, {}
-    collapse = collapse_report(*embed_two_views(method, test, seed=cfg.seed))
+        return Run(method, result, {})
     knn_curve = [row["knn_acc"] for row in result.history if "knn_acc" in row]
     metrics = {"train_seconds": result.seconds, "final_loss": result.final_loss, "world_size": D.world_size(),
                "online_knn": knn_curve, **evaluate_backbone(method.backbone, train, test),
-               **{f"collapse/{k}": v for k, v in collapse.items()}}
+               "collapse": collapse_report(*embed_two_views(method, test, seed=cfg.seed))}
     write_results(cfg.out_dir, {"chapter": cfg.CHAPTER, "config": cfg.to_dict(), name: metrics})
-    return method, metrics
+    return Run(method, result, metrics)

@@ -59,7 +59,7 @@ def train_contrastive(cfg: ContrastiveConfig) -> dict[str, float]:
     """The random backbone (:func:`random_init_baseline`), then ``cfg.method`` pre-trained with :func:`pretrain`
     (results under the method's name)."""
     random_init_baseline(cfg)
-    return pretrain(cfg, lambda backbone: build_contrastive(cfg, backbone), cfg.method)[1]
+    return pretrain(cfg, lambda backbone: build_contrastive(cfg, backbone), cfg.method).metrics
 
 
 # ---- chapter 04: non-contrastive self-supervision -----------------------------------------
@@ -101,4 +101,4 @@ def train_non_contrastive(cfg: NonContrastiveConfig) -> dict[str, float]:
     """The random backbone (:func:`random_init_baseline`), then ``cfg.method`` pre-trained with :func:`pretrain`
     (results under the method's name)."""
     random_init_baseline(cfg)
-    return pretrain(cfg, lambda backbone: build_non_contrastive(cfg, backbone), cfg.method)[1]
+    return pretrain(cfg, lambda backbone: build_non_contrastive(cfg, backbone), cfg.method).metrics
