@@ -123,16 +123,9 @@ def fit(method: Method, data: ImageSet, *, epochs: int, batch_size: int, lr: flo
     ``on_epoch_end(epoch)`` may return metrics (for example online kNN) to log. ``lr_scale``
     replaces ``method.lr_scale``: a learning-rate factor per parameter name.
     """
-    if not isinstance(method, Method):
-        raise TypeError(f"fit trains a vfm_lab.engine.Method, got a {type(method).__name__}: subclass Method "
-                        f"(forward(batch) -> {{'loss': ...}}; hooks after_step and lr_scale)")
-    for name, value in dict(epochs=epochs, batch_size=batch_size, grad_accum=grad_accum,
-                            checkpoint_every=checkpoint_every, log_every=log_every).items():
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}={value!r} must be a positive integer")
-    if lr <= 0 or weight_decay < 0 or clip_grad < 0:
-        raise ValueError(f"need lr > 0, weight_decay >= 0, clip_grad >= 0; got lr={lr}, "
-                         f"weight_decay={weight_decay}, clip_grad={clip_grad}")
+    _check_arguments(method, dict(epochs=epochs, batch_size=batch_size, grad_accum=grad_accum,
+                                  checkpoint_every=checkpoint_every, log_every=log_every),
+                     lr=lr, weight_decay=weight_decay, clip_grad=clip_grad)
     device = resolve_device(device) if isinstance(device, str) else device
     D.init_from_env(device)
     device = D.local_device(device)
@@ -146,37 +139,19 @@ def fit(method: Method, data: ImageSet, *, epochs: int, batch_size: int, lr: flo
     schedules = {"lr": cosine_schedule(lr, min_lr, total, round(warmup_epochs * per_epoch)),
                  "wd": cosine_schedule(weight_decay, weight_decay if final_weight_decay is None
                                        else final_weight_decay, total)}
-
     if sync_batchnorm:
         method = D.convert_sync_batchnorm(method, device)
     method.to(device)
-    lr_scale = lr_scale or method.lr_scale  # parameter name -> lr multiplier
-    # (decay?, lr factor) -> parameters; the two unscaled groups always exist, decayed first, so a run
-    # without lr_scale has the optimizer layout (and checkpoints) it had before lr_scale existed
-    groups: dict[tuple[bool, float], list[nn.Parameter]] = {(True, 1.0): [], (False, 1.0): []}
-    for name, p in method.named_parameters():
-        if p.requires_grad:  # no decay on biases and norm scales
-            groups.setdefault((p.ndim > 1, float(lr_scale(name))), []).append(p)
-    optimizer = torch.optim.AdamW([{"params": ps, "decay": decay, "lr_scale": scale,
-                                    "weight_decay": weight_decay if decay else 0.0}
-                                   for (decay, scale), ps in groups.items() if ps or scale == 1.0], lr=lr)
+    optimizer = _optimizer(method, lr, weight_decay, lr_scale or method.lr_scale)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-
     out = Path(out_dir) if out_dir else None
     run = dict(data=data.name, images=len(data), epochs=epochs, batch_size=batch_size, grad_accum=grad_accum,
                world_size=world, lr=lr, min_lr=min_lr, weight_decay=weight_decay, final_weight_decay=final_weight_decay,
                warmup_epochs=warmup_epochs, clip_grad=clip_grad, precision=str(dtype), seed=seed)
-    history: list[dict[str, float]] = []
-    step, sums, count = 0, {}, 0  # sums/count: the metrics of the steps since the last logged row
     seed_everything(seed * 1000 + rank)  # augmentation randomness differs per rank
-    if out is not None:
-        _check_writable(out, method)
-        if resume and (out / CHECKPOINT).exists():
-            state = load_checkpoint(out / CHECKPOINT, method, run)
-            optimizer.load_state_dict(state["optimizer"])
-            scaler.load_state_dict(state["scaler"])
-            step, history, (sums, count) = state["step"], state["history"], state["log_window"]
-            set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
+    # history: one row per logged step; sums/count: the metrics of the steps since the last logged row
+    step, history, (sums, count) = (_resume(out, method, run, optimizer, scaler, rank, load=resume) if out
+                                    else (0, [], ({}, 0)))
     resumed_from = step
     model = nn.parallel.DistributedDataParallel(method) if world > 1 else method
 
@@ -189,26 +164,14 @@ def fit(method: Method, data: ImageSet, *, epochs: int, batch_size: int, lr: flo
         micro = batches(data, batch_size, seed=seed, epoch=epoch, rank=rank, world_size=world,
                         start=in_epoch * grad_accum, device=device)
         for _ in range(per_epoch - in_epoch):
-            for g in optimizer.param_groups:
-                g["lr"] = schedules["lr"][step] * g["lr_scale"]
-                if g["decay"]:
-                    g["weight_decay"] = schedules["wd"][step]
+            _set_schedules(optimizer, schedules, step)
             for i in range(grad_accum):
-                batch = next(micro)
                 sync = i == grad_accum - 1 or world == 1
                 with (model.no_sync() if not sync else contextlib.nullcontext()), autocast(device, dtype):
-                    outputs = model(batch)
-                loss = outputs["loss"]
-                if not torch.isfinite(loss.detach()).item():
-                    bar.close()
-                    raise NonFiniteLossError(
-                        f"loss is {loss.item()} at step {step} (epoch {epoch}) of {type(method).__name__}; "
-                        f"lr was {schedules['lr'][step]:.3g}. Try a lower lr, clip_grad=1.0, or precision='fp32'"
-                        + (f"; the last checkpoint is in {out}" if out else ""))
-                scaler.scale(loss / grad_accum).backward()
-                for k, v in outputs.items():
-                    if torch.is_tensor(v) and v.ndim == 0 or isinstance(v, (int, float)):
-                        sums[k] = sums.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v) / grad_accum
+                    outputs = model(next(micro))
+                _check_finite(outputs["loss"], step, epoch, method, schedules["lr"][step], out, bar)
+                scaler.scale(outputs["loss"] / grad_accum).backward()
+                _add_scalars(sums, outputs, grad_accum)
             if clip_grad > 0:
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(method.parameters(), clip_grad)
@@ -238,6 +201,77 @@ def fit(method: Method, data: ImageSet, *, epochs: int, batch_size: int, lr: flo
         _write_metrics(out / METRICS, history)
     return TrainResult(history=history, steps=step, seconds=time.perf_counter() - start_time,
                        resumed_from=resumed_from, out_dir=out, schedules=schedules)
+
+
+# ---- what is not the loop --------------------------------------------------------------
+def _check_arguments(method: Method, counts: dict[str, int], *, lr: float, weight_decay: float,
+                     clip_grad: float) -> None:
+    """Refuse a method that is not a :class:`Method` and step counts or rates that cannot train."""
+    if not isinstance(method, Method):
+        raise TypeError(f"fit trains a vfm_lab.engine.Method, got a {type(method).__name__}: subclass Method "
+                        f"(forward(batch) -> {{'loss': ...}}; hooks after_step and lr_scale)")
+    for name, value in counts.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r} must be a positive integer")
+    if lr <= 0 or weight_decay < 0 or clip_grad < 0:
+        raise ValueError(f"need lr > 0, weight_decay >= 0, clip_grad >= 0; got lr={lr}, "
+                         f"weight_decay={weight_decay}, clip_grad={clip_grad}")
+
+
+def _optimizer(method: Method, lr: float, weight_decay: float, lr_scale: Callable[[str], float]
+               ) -> torch.optim.AdamW:
+    """AdamW over one parameter group per (decayed?, lr factor): no weight decay on biases and norm
+    scales (``ndim < 2``); ``lr_scale(name)`` multiplies a parameter's scheduled lr. The two unscaled
+    groups always exist, decayed first, so a run without ``lr_scale`` has the optimizer layout (and
+    checkpoints) it had before ``lr_scale`` existed."""
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {(True, 1.0): [], (False, 1.0): []}
+    for name, p in method.named_parameters():
+        if p.requires_grad:
+            groups.setdefault((p.ndim > 1, float(lr_scale(name))), []).append(p)
+    return torch.optim.AdamW([{"params": ps, "decay": decay, "lr_scale": scale,
+                               "weight_decay": weight_decay if decay else 0.0}
+                              for (decay, scale), ps in groups.items() if ps or scale == 1.0], lr=lr)
+
+
+def _set_schedules(optimizer: torch.optim.Optimizer, schedules: dict[str, np.ndarray], step: int) -> None:
+    """The learning rate (times each group's factor) and weight decay of ``step``."""
+    for g in optimizer.param_groups:
+        g["lr"] = schedules["lr"][step] * g["lr_scale"]
+        if g["decay"]:
+            g["weight_decay"] = schedules["wd"][step]
+
+
+def _resume(out: Path, method: Method, run: dict, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+            rank: int, load: bool) -> tuple[int, list[dict], tuple[dict, int]]:
+    """Check that ``out`` can hold the checkpoints; when it holds one and ``load``, check that it is
+    this run's and load the method, optimizer, scaler and this rank's random state from it. Returns
+    the step, the history and the log window to go on from (0, [], empty: a fresh start)."""
+    _check_writable(out, method)
+    if not load or not (out / CHECKPOINT).exists():
+        return 0, [], ({}, 0)
+    state = load_checkpoint(out / CHECKPOINT, method, run)
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
+    return state["step"], state["history"], state["log_window"]
+
+
+def _check_finite(loss: torch.Tensor, step: int, epoch: int, method: Method, lr: float, out: Path | None,
+                  bar: tqdm) -> None:
+    """Stop with a message that says where the loss stopped being a number, and what to try."""
+    if not torch.isfinite(loss.detach()).item():
+        bar.close()
+        raise NonFiniteLossError(
+            f"loss is {loss.item()} at step {step} (epoch {epoch}) of {type(method).__name__}; "
+            f"lr was {lr:.3g}. Try a lower lr, clip_grad=1.0, or precision='fp32'"
+            + (f"; the last checkpoint is in {out}" if out else ""))
+
+
+def _add_scalars(sums: dict[str, float], outputs: dict[str, Any], grad_accum: int) -> None:
+    """Add each scalar the method returned (0-d tensors, numbers), over ``grad_accum``, to ``sums``."""
+    for k, v in outputs.items():
+        if torch.is_tensor(v) and v.ndim == 0 or isinstance(v, (int, float)):
+            sums[k] = sums.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v) / grad_accum
 
 
 # ---- checkpoints ---------------------------------------------------------------------
