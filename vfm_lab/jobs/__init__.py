@@ -4,7 +4,8 @@ A job is the chapter's main training run without the narration: load the data th
 config names, build the method, train it with the engine, evaluate the backbone, and
 write ``results.json``. The notebooks walk through the same steps one cell at a time.
 One module per chapter (``supervised``, ``clip``, ``ssl`` for 03 and 04, ``mim``) on top
-of ``common`` (data splits, the shared self-supervised :func:`pretrain`); every name is
+of ``common`` (data splits, :func:`train`, the one way to train a method on a config, and the shared
+self-supervised :func:`pretrain`); every name is
 importable from ``vfm_lab.jobs``.
 """
 from __future__ import annotations
@@ -14,11 +15,12 @@ from typing import Any, Callable
 from vfm_lab.jobs.clip import (CLIP_VARIANTS, ICON_BATCH, TABLE_KEYS, build_clip, clip_augment, clip_job,
                                clip_metrics, clip_splits, compare_clip, fashion_zero_shot, format_table, icon_sets,
                                shapes_templates, table_row, train_clip, train_icons)
-from vfm_lab.jobs.common import Run, embed_two_views, load_splits, pretrain, random_init_baseline, supervised_augment
+from vfm_lab.jobs.common import (Run, embed_two_views, fresh_backbone, load_splits, pretrain, random_init_baseline,
+                                 supervised_augment, train)
 from vfm_lab.jobs.mim import MIM_METHODS, build_mim, probe_and_finetune, train_mim
 from vfm_lab.jobs.ssl import (NON_CONTRASTIVE, build_contrastive, build_non_contrastive, contrastive_views,
                               train_contrastive, train_non_contrastive, tuned_views)
-from vfm_lab.jobs.supervised import train_supervised
+from vfm_lab.jobs.supervised import build_supervised, train_supervised
 
 JOBS: dict[str, Callable[[Any], dict[str, Any]]] = {"01_supervised": train_supervised,
                                                     "02_clip": clip_job,

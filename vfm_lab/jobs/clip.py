@@ -3,7 +3,6 @@ the icon sets."""
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,8 +13,8 @@ from vfm_lab.backbones import build_backbone
 from vfm_lab.config import ClipConfig
 from vfm_lab.data import DataMissingError, ImageSet, load
 from vfm_lab.data.icons import ICON_SETS
-from vfm_lab.engine import TrainResult, fit
 from vfm_lab.evaluate import evaluate_backbone, retrieval_recall, write_results
+from vfm_lab.jobs.common import Run, train
 from vfm_lab.methods.clip import TEMPLATES, ClipModel, embed_images, embed_texts, zero_shot_accuracy
 from vfm_lab.runtime import seed_everything
 
@@ -87,30 +86,27 @@ def clip_splits(cfg: ClipConfig) -> tuple[ImageSet, ImageSet, ImageSet]:
 
 
 def train_clip(cfg: ClipConfig, name: str = "clip", epochs: int | None = None, batch_size: int | None = None,
-               **overrides: Any) -> tuple[ClipModel, TrainResult, dict[str, float]]:
+               **overrides: Any) -> Run:
     """The chapter's main run: CLIP (or the model ``overrides``: loss, text_tower, ...) on the captions
     of ``cfg.dataset`` for ``epochs`` at ``batch_size`` (default: the config's) into ``cfg.out_dir/name``
     (a rerun resumes), then retrieval, zero-shot and the frozen-backbone probes; the metrics go to
-    ``results.json`` under ``name``. Returns the model, its training run and its metrics (``{}`` on
-    ranks other than 0)."""
+    ``results.json`` under ``name``. Returns the :class:`~vfm_lab.jobs.common.Run` (its metrics ``{}``
+    on ranks other than 0)."""
+    train_set, test, heldout = clip_splits(cfg)
     seed_everything(cfg.seed)
-    train, test, heldout = clip_splits(cfg)
-    model = build_clip(cfg, train, **overrides)
-    kw = cfg.train_kwargs()
-    kw.update(epochs=epochs or cfg.epochs, batch_size=batch_size or cfg.batch_size)
-    result = fit(model, train, out_dir=Path(cfg.out_dir) / name, **kw)
+    model = build_clip(cfg, train_set, **overrides)
+    run = train(cfg, model, name, train_set, epochs=epochs or cfg.epochs, batch_size=batch_size or cfg.batch_size)
     if not D.is_main():
-        return model, result, {}
-    metrics = {"train_seconds": result.seconds, "final_loss": result.final_loss, "world_size": D.world_size(),
-               "final_temperature": 1 / model.logit_scale.exp().item(), **clip_metrics(model, test, heldout),
-               **evaluate_backbone(model.backbone, train, test, attributes=False)}
+        return Run(model, run.result, {})
+    run.metrics.update(final_temperature=1 / model.logit_scale.exp().item(), **clip_metrics(model, test, heldout),
+                       **evaluate_backbone(model.backbone, train_set, test, attributes=False))
     if cfg.dataset in ICON_SETS:  # a model that has read names of things: does it transfer to garments?
         try:
-            metrics.update(fashion_zero_shot(model, n=cfg.fmnist_n_test or None, seed=cfg.seed))
+            run.metrics.update(fashion_zero_shot(model, n=cfg.fmnist_n_test or None, seed=cfg.seed))
         except DataMissingError as e:
             warnings.warn(f"Fashion-MNIST zero-shot skipped: {e}")
-    write_results(cfg.out_dir, {"chapter": cfg.CHAPTER, "config": cfg.to_dict(), name: metrics})
-    return model, result, metrics
+    write_results(cfg.out_dir, {"chapter": cfg.CHAPTER, "config": cfg.to_dict(), name: run.metrics})
+    return run
 
 
 def fashion_zero_shot(model: ClipModel, n: int | None = None, invert: bool = True, root: str | None = None,
@@ -147,7 +143,7 @@ def compare_clip(cfg: ClipConfig) -> dict[str, dict[str, float]]:
     """CLIP vs SigLIP vs CLIP with the locked MiniLM text tower at the same budget:
     ``cfg.compare_epochs`` at ``cfg.batch_size`` on ``cfg.dataset``, each run into its own
     ``results.json`` entry ``compare-<name>``. Returns one table row per variant."""
-    return {name: table_row(train_clip(cfg, f"compare-{name}", epochs=cfg.compare_epochs, **kw)[2])
+    return {name: table_row(train_clip(cfg, f"compare-{name}", epochs=cfg.compare_epochs, **kw).metrics)
             for name, kw in CLIP_VARIANTS.items()}
 
 
@@ -163,7 +159,7 @@ def train_icons(cfg: ClipConfig, dataset: str) -> dict[str, dict[str, float]]:
     of ``results.json``; returns rows ``<set>/<tower>``. Raises :class:`DataMissingError` without the set."""
     icon_cfg = ClipConfig.from_params(**{**cfg.to_dict(), "dataset": dataset, "n_train": cfg.icon_n_train,
                                          "n_test": 0, "epochs": cfg.icon_epochs, "batch_size": ICON_BATCH})
-    rows = {f"{dataset}/{tower}": table_row(train_clip(icon_cfg, f"icons-{dataset}-{tower}", text_tower=tower)[2])
+    rows = {f"{dataset}/{tower}": table_row(train_clip(icon_cfg, f"icons-{dataset}-{tower}", text_tower=tower).metrics)
             for tower in ("scratch-s", "minilm-locked")}
     if D.is_main():
         write_results(cfg.out_dir, {"config": cfg.to_dict()})  # the icon runs wrote theirs
@@ -185,7 +181,7 @@ def clip_job(cfg: ClipConfig) -> dict[str, Any]:
     (:func:`compare_clip`), and on each icon set ``cfg.icon_dataset`` names, a text tower from scratch
     against the locked MiniLM (:func:`train_icons`; a set not on this machine is skipped with a warning).
     Prints the tables; every run is an entry of ``results.json``."""
-    out: dict[str, Any] = {"clip": train_clip(cfg)[2], "compare": compare_clip(cfg), "icons": {}}
+    out: dict[str, Any] = {"clip": train_clip(cfg).metrics, "compare": compare_clip(cfg), "icons": {}}
     for dataset in icon_sets(cfg):
         try:
             out["icons"].update(train_icons(cfg, dataset))

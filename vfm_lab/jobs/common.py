@@ -1,5 +1,6 @@
-"""What the chapters' jobs share: the data a config names, the supervised views, and self-supervised
-pre-training with the frozen-backbone evaluation every SSL chapter reports (:func:`pretrain`)."""
+"""What the chapters' jobs share: the data a config names, the supervised views, the one way to train a
+method on a config (:func:`train`, which returns a :class:`Run`), and self-supervised pre-training with the
+frozen-backbone evaluation every SSL chapter reports (:func:`pretrain`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -56,9 +57,8 @@ def random_init_baseline(cfg: TrainConfig) -> dict[str, Any]:
     """The frozen-feature evaluation of ``cfg.backbone`` at initialisation, drawn as :func:`pretrain` draws it:
     the baseline every self-supervised number is read against. Written to ``results.json`` as
     ``random_init`` (rank 0; ``{}`` on the others), so the leaderboard shows it next to the methods."""
-    seed_everything(cfg.seed)
     train, test = load_splits(cfg)
-    backbone = build_backbone(cfg.backbone, train.channels, train.image_size).to(resolve_device(cfg.device))
+    backbone = fresh_backbone(cfg, train).to(resolve_device(cfg.device))
     if not D.is_main():
         return {}
     metrics = evaluate_backbone(backbone, train, test)
@@ -80,6 +80,26 @@ class Run:
         return self.result.history
 
 
+def fresh_backbone(cfg: TrainConfig, data: ImageSet, name: str | None = None) -> Backbone:
+    """``cfg.backbone`` (or ``name``) for ``data``'s channels and size, initialised from ``cfg.seed``:
+    every run of a chapter starts from the same weights."""
+    seed_everything(cfg.seed)
+    return build_backbone(name or cfg.backbone, data.channels, data.image_size)
+
+
+def train(cfg: TrainConfig, method: Method, name: str, data: ImageSet | None = None, **overrides: Any) -> Run:
+    """The one way a chapter trains: ``method`` on ``data`` (default: the config's train split) with the
+    config's settings, into ``cfg.out_dir/name`` (a rerun resumes; ``/`` in ``name`` makes subfolders).
+    ``overrides`` replace any of ``cfg.train_kwargs()`` or set fit's other arguments (``epochs=``,
+    ``min_lr=``, ``on_epoch_end=``, ``progress=``). Returns the :class:`Run`: the method, the engine's
+    result with the whole history, and ``metrics`` ``train_seconds``, ``final_loss``, ``steps`` and
+    ``world_size``, to which the chapter's evaluations add theirs."""
+    data = data if data is not None else load_splits(cfg)[0]
+    result = fit(method, data, out_dir=Path(cfg.out_dir) / name, **{**cfg.train_kwargs(), **overrides})
+    return Run(method, result, {"train_seconds": result.seconds, "final_loss": result.final_loss,
+                                "steps": result.steps, "world_size": D.world_size()})
+
+
 def pretrain(cfg: TrainConfig, make_method: Callable[[Backbone], Method], name: str) -> Run:
     """Self-supervised pre-training, then the frozen-backbone evaluation every SSL chapter reports.
 
@@ -89,16 +109,13 @@ def pretrain(cfg: TrainConfig, make_method: Callable[[Backbone], Method], name: 
     ``method.embed`` of the test images. The metrics go to ``results.json`` under ``name``; the
     :class:`Run` holds them (``{}`` on ranks other than 0), the method and its history.
     """
-    seed_everything(cfg.seed)
-    train, test = load_splits(cfg)
-    method = make_method(build_backbone(cfg.backbone, train.channels, train.image_size))
-    result = fit(method, train, out_dir=Path(cfg.out_dir) / name, on_epoch_end=OnlineKNN(method.backbone, train, test),
-                 **cfg.train_kwargs())
+    train_set, test = load_splits(cfg)
+    method = make_method(fresh_backbone(cfg, train_set))
+    run = train(cfg, method, name, train_set, on_epoch_end=OnlineKNN(method.backbone, train_set, test))
     if not D.is_main():
-        return Run(method, result, {})
-    knn_curve = [row["knn_acc"] for row in result.history if "knn_acc" in row]
-    metrics = {"train_seconds": result.seconds, "final_loss": result.final_loss, "world_size": D.world_size(),
-               "online_knn": knn_curve, **evaluate_backbone(method.backbone, train, test),
-               "collapse": collapse_report(*embed_two_views(method, test, seed=cfg.seed))}
-    write_results(cfg.out_dir, {"chapter": cfg.CHAPTER, "config": cfg.to_dict(), name: metrics})
-    return Run(method, result, metrics)
+        return Run(method, run.result, {})
+    run.metrics.update(online_knn=[row["knn_acc"] for row in run.history if "knn_acc" in row],
+                       **evaluate_backbone(method.backbone, train_set, test),
+                       collapse=collapse_report(*embed_two_views(method, test, seed=cfg.seed)))
+    write_results(cfg.out_dir, {"chapter": cfg.CHAPTER, "config": cfg.to_dict(), name: run.metrics})
+    return run

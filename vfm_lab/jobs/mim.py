@@ -5,29 +5,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from vfm_lab import distributed as D
 from vfm_lab.backbones import Backbone, build_backbone
 from vfm_lab.config import MIMConfig
 from vfm_lab.data import ImageSet
-from vfm_lab.engine import fit
+from vfm_lab.engine import Method
 from vfm_lab.evaluate import evaluate_backbone, finetune, write_results
-from vfm_lab.jobs.common import load_splits, supervised_augment
+from vfm_lab.jobs.common import fresh_backbone, load_splits, supervised_augment, train
 from vfm_lab.methods.beit import BEiT, PatchTokenizer
 from vfm_lab.methods.mae import MAE, reconstruction_vs_mean_patch
 from vfm_lab.methods.maskfeat import MaskFeat
 from vfm_lab.methods.simmim import SimMIM
-from vfm_lab.runtime import seed_everything
 
 
 MIM_METHODS = ("mae", "simmim", "maskfeat", "beit")
 
 
-def build_mim(cfg: MIMConfig, name: str, train: ImageSet) -> nn.Module:
+def build_mim(cfg: MIMConfig, name: str, data: ImageSet) -> Method:
     """Masked image model ``name`` around a fresh ``cfg.backbone``; BEiT's tokenizer is fitted
-    on ``train`` (k-means) first."""
-    backbone = build_backbone(cfg.backbone, train.channels, train.image_size)
+    on ``data`` (k-means) first."""
+    backbone = build_backbone(cfg.backbone, data.channels, data.image_size)
     if name == "mae":
         return MAE(backbone, cfg.mask_ratio, cfg.decoder_dim, cfg.decoder_depth, norm_pix_loss=cfg.norm_pix_loss)
     if name == "simmim":
@@ -35,8 +33,8 @@ def build_mim(cfg: MIMConfig, name: str, train: ImageSet) -> nn.Module:
     if name == "maskfeat":
         return MaskFeat(backbone, cfg.mask_token_ratio, cfg.mask_block, bins=cfg.hog_bins)
     if name == "beit":
-        tokenizer = PatchTokenizer(cfg.codebook_size, backbone.patch_size, train.channels)
-        return BEiT(backbone, tokenizer.fit(train.images.float() / 255, seed=cfg.seed), cfg.mask_token_ratio,
+        tokenizer = PatchTokenizer(cfg.codebook_size, backbone.patch_size, data.channels)
+        return BEiT(backbone, tokenizer.fit(data.images.float() / 255, seed=cfg.seed), cfg.mask_token_ratio,
                     cfg.mask_block)
     raise ValueError(f"method={name!r} is not a masked image model; choose one of {', '.join(MIM_METHODS)}")
 
@@ -64,8 +62,7 @@ def train_mim(cfg: MIMConfig) -> dict[str, Any]:
     reconstruction against the mean patch. One ``results.json`` entry per backbone, written as each
     is done: the chapter's table (``vfm-lab leaderboard`` lays it out). ``pretrain_seconds`` counts
     this call only: a rerun that resumes a finished pre-training reports about 0."""
-    seed_everything(cfg.seed)
-    train, test = load_splits(cfg)
+    train_set, test = load_splits(cfg)
     out = Path(cfg.out_dir)
     results = {}
 
@@ -75,16 +72,15 @@ def train_mim(cfg: MIMConfig) -> dict[str, Any]:
             write_results(cfg.out_dir, {"chapter": cfg.CHAPTER, "config": cfg.to_dict(), name: metrics})
 
     # every rank fine-tunes (under torchrun the fine-tuning is data-parallel too); rank 0 reports
-    torch.manual_seed(cfg.seed)
-    scratch = build_backbone(cfg.backbone, train.channels, train.image_size)
-    report("scratch", probe_and_finetune(cfg, scratch, train, test, out / "scratch-finetune"))
+    scratch = fresh_backbone(cfg, train_set)
+    report("scratch", probe_and_finetune(cfg, scratch, train_set, test, out / "scratch-finetune"))
     for name in MIM_METHODS if cfg.method == "all" else (cfg.method,):
         torch.manual_seed(cfg.seed)
-        method = build_mim(cfg, name, train)
-        result = fit(method, train, out_dir=out / name, **cfg.train_kwargs())
-        metrics = {"pretrain_seconds": result.seconds, "final_loss": result.final_loss, "world_size": D.world_size(),
-                   **probe_and_finetune(cfg, method.backbone, train, test, out / f"{name}-finetune")}
+        run = train(cfg, build_mim(cfg, name, train_set), name, train_set)
+        metrics = {"pretrain_seconds": run.metrics["train_seconds"], "final_loss": run.metrics["final_loss"],
+                   "world_size": run.metrics["world_size"],
+                   **probe_and_finetune(cfg, run.method.backbone, train_set, test, out / f"{name}-finetune")}
         if name == "mae":
-            metrics.update(reconstruction_vs_mean_patch(method, train, test, seed=cfg.seed))
+            metrics.update(reconstruction_vs_mean_patch(run.method, train_set, test, seed=cfg.seed))
         report(name, metrics)
     return results
