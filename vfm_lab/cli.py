@@ -30,6 +30,7 @@ from typing import Any
 from vfm_lab.config import CONFIGS, ConfigError
 from vfm_lab.distributed import PeerStoppedError, leave_broken_group
 from vfm_lab.errors import LabError
+from vfm_lab.results import entry_rows, headline_table
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -165,49 +166,26 @@ def run(args: argparse.Namespace) -> int:
 def leaderboard(runs_dir: Path) -> str:
     """Gather every ``results.json`` under ``runs_dir`` into leaderboard.csv and .md.
 
-    A run gives one row of its top-level numbers and strings, and one more row per nested
-    entry (``{"simclr": {...}, "byol": {...}}``: one row per method), named in the ``entry``
-    column; an entry's own nested metrics become columns ``probe/shape``, ``collapse/erank``;
-    ``config`` and lists (curves) stay out. The CSV holds every row and column; the Markdown
-    has one table per chapter with only the columns that chapter fills.
+    Each entry of a run (a method, a baseline, a variant: see :mod:`vfm_lab.results`) is one row, its
+    nested metrics flattened into columns (``probe/shape``, ``collapse/erank``); ``config`` and lists
+    (curves) stay out. The CSV holds every row and column; the Markdown has one table per chapter
+    with its headline columns (:data:`vfm_lab.results.HEADLINES`).
     """
-    scalar = lambda v: isinstance(v, (int, float, str))
-
-    def flat(values: dict, prefix: str = "") -> dict[str, Any]:
-        out = {}
-        for k, v in sorted(values.items()):
-            if isinstance(v, dict):
-                out.update(flat(v, f"{prefix}{k}/"))
-            elif scalar(v):
-                out[prefix + k] = v
-        return out
-
-    rows = []
+    runs: dict[str, dict[str, dict]] = {}  # chapter -> run folder -> results
     for path in sorted(runs_dir.glob("*/*/results.json"), key=natural_key):  # batch_size=32 before =128
-        result = json.loads(path.read_text())
-        run = {"chapter": path.parent.parent.name, "run": path.parent.name}
-        top = {k: v for k, v in sorted(result.items()) if scalar(v) and k != "chapter"}
-        if top:
-            rows.append({**run, "entry": "", **top})
-        for entry, values in sorted(result.items()):
-            if isinstance(values, dict) and entry != "config":
-                rows.append({**run, "entry": entry, **flat(values)})
-    if not rows:
+        runs.setdefault(path.parent.parent.name, {})[path.parent.name] = json.loads(path.read_text())
+    if not runs:
         return f"no results.json under {runs_dir}"
+    rows = [{"chapter": chapter, "run": run, "entry": entry, **row}
+            for chapter, chapter_runs in runs.items() for run, results in chapter_runs.items()
+            for entry, row in sorted(entry_rows(results).items())]
     columns = list(dict.fromkeys(k for row in rows for k in row))
     with open(runs_dir / "leaderboard.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
-    sections = []  # the Markdown has one table per chapter, with the columns that chapter fills
-    for chapter in dict.fromkeys(row["chapter"] for row in rows):
-        mine = [row for row in rows if row["chapter"] == chapter]
-        cols = [c for c in columns if c != "chapter" and any(c in row for row in mine)]
-        lines = [f"## {chapter}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        lines += ["| " + " | ".join(fmt(row.get(c, "")) for c in cols) + " |" for row in mine]
-        sections.append("\n".join(lines))
-    table = "\n\n".join(sections)
+    table = "\n\n".join(f"## {chapter}\n\n" + headline_table({}, chapter, chapter_runs)
+                         for chapter, chapter_runs in runs.items())
     (runs_dir / "leaderboard.md").write_text(table + "\n")
     return f"{table}\n\n(written to {runs_dir / 'leaderboard.csv'} and leaderboard.md)"
 
