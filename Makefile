@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SCALE ?= lab
 NBVAL := build/nbval
 
-.PHONY: setup browser test-data data run test test-kernels bench lab student clean
+.PHONY: setup browser test-data data run reference test test-kernels bench lab student clean
 
 setup: $(VENV)/.installed
 
@@ -40,6 +40,13 @@ data: setup
 # The main job: every chapter on the built-in data, then one leaderboard (runs/leaderboard.md).
 run: setup data
 	$(BIN)/vfm-lab run all -p scale=$(SCALE)
+
+# The reference numbers: every chapter at lab on seeds 0 and 1, one at a time (about twice `make run`), then
+# notebooks/reference/NN.json (what each notebook shows next to "this run", and each chapter's expected time)
+# and the chapter table of README.md, both written by `python -m vfm_lab.reference` from those runs.
+reference: setup data
+	$(BIN)/vfm-lab run all -p scale=lab --grid sweeps/reference_seeds.yaml --runs-dir runs/reference
+	$(BIN)/python -m vfm_lab.reference runs/reference
 
 # Unit, learning and DDP tests, doctests, every notebook at smoke scale under nbval, and 00_tour in
 # JupyterLab in headless Chromium (build/browser/00_tour.png); the 25 slowest are listed at the end.

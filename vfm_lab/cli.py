@@ -29,10 +29,11 @@ from typing import Any
 
 from vfm_lab.config import CONFIGS, ConfigError
 from vfm_lab.distributed import PeerStoppedError, leave_broken_group
+from vfm_lab import reference
 from vfm_lab.errors import LabError
-from vfm_lab.results import entry_rows, headline_table
+from vfm_lab.results import REPO, entry_rows, headline_table
 
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = REPO / "notebooks"
 
 
 def parse_value(text: str) -> Any:
@@ -143,7 +144,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"[{i}/{len(plans)}] {chapter} {out.name}: done before, skipped (--force reruns)")
             continue
         out.mkdir(parents=True, exist_ok=True)
-        print(f"[{i}/{len(plans)}] {chapter} {out.name} -> {out}", flush=True)
+        expected = reference.expected_seconds(chapter, params["scale"])
+        about = f" (about {expected / 60:.1f} min: its reference runs, {reference.machine_of()})" if expected else ""
+        print(f"[{i}/{len(plans)}] {chapter} {out.name} -> {out}{about}", flush=True)
         start = time.perf_counter()
         try:
             pm.execute_notebook(NOTEBOOKS / f"{chapter}.ipynb", out / f"{chapter}.ipynb",

@@ -273,10 +273,10 @@ class ClipConfig(TrainConfig):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": dict(n_train=512, n_test=256, epochs=2, batch_size=64, compare_epochs=1, scaling_epochs=1,
                       icon_epochs=1, icon_n_train=512, fmnist_n_test=1000),
-        "lab": dict(n_train=8000, n_test=1000, epochs=10, batch_size=128, compare_epochs=4, scaling_epochs=3,
+        "lab": dict(n_train=8000, n_test=1000, epochs=10, batch_size=128, compare_epochs=4, scaling_epochs=1,
                     icon_epochs=10),
         "full": dict(n_train=100000, n_test=5000, epochs=30, batch_size=512, backbone="resnet18",
-                     text_tower="scratch-b", embed_dim=256, compare_epochs=30, scaling_epochs=10, icon_epochs=30),
+                     text_tower="scratch-b", embed_dim=256, compare_epochs=30, scaling_epochs=5, icon_epochs=30),
     }
     dataset: str = param("shapes", "the image-caption pairs to train on (the other data sets have no captions)",
                          choices=("shapes", *ICON_SETS))
@@ -297,7 +297,8 @@ class ClipConfig(TrainConfig):
     local_loss: bool = param(True, "under DDP: each rank scores its own images against all gathered texts (open_clip "
                              "local_loss), instead of every rank computing the whole global matrix")
     compare_epochs: int = param(1, "epochs of each run in the CLIP vs SigLIP vs locked-MiniLM comparison", min=1)
-    scaling_epochs: int = param(1, "epochs of each run of the batch-size scaling experiment", min=1)
+    scaling_epochs: int = param(1, "epochs of the smallest batch in the batch-size experiment; a batch k times larger "
+                                "trains k times the epochs, so every run takes the same steps", min=1)
     icon_dataset: str = param("emoji", "the real icon set(s) of the last section: CLIP vs the locked MiniLM on "
                               "held-out categories and Fashion-MNIST (all: the three; none: skip it)",
                               choices=("none", "emoji", "openmoji", "openclipart", "all"))
@@ -314,7 +315,8 @@ class ContrastiveConfig(TrainConfig):
     CHAPTER: ClassVar[str] = "03_contrastive"
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": dict(n_train=768, n_test=384, epochs=2, batch_size=128, queue_size=512, ablation_epochs=1),
-        "lab": dict(n_train=8000, n_test=2000, epochs=10, batch_size=32, queue_size=4096, ablation_epochs=2),
+        "lab": dict(n_train=8000, n_test=2000, epochs=4, batch_size=32, queue_size=4096, ablation_epochs=1,
+                    sweep_n_train=2000),
         "full": dict(n_train=50000, n_test=10000, epochs=200, batch_size=512, backbone="resnet18",
                      queue_size=16384, hidden_dim=2048, ablation_epochs=50,
                      crop_min=0.08, jitter_strength=0.5, tone_p=0.0),  # SimCLR's CIFAR views (appendix B.9)
@@ -349,6 +351,8 @@ class ContrastiveConfig(TrainConfig):
                           "full preset's)", min=0.0, max=1.0)
     ablation_epochs: int = param(1, "epochs of each run of the collapse, batch-size, queue-size and augmentation "
                                  "experiments", min=1)
+    sweep_n_train: int = param(0, "training images of each short run of those experiments, the first of the training "
+                               "set (0 = all); a grid file in sweeps/ runs them at full budget instead", min=0)
 
 
 @dataclass
@@ -359,7 +363,7 @@ class MIMConfig(TrainConfig):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": dict(n_train=512, n_test=256, epochs=2, batch_size=64, finetune_epochs=1, finetune_n_train=256,
                       layer_decay=1.0),
-        "lab": dict(n_train=8000, n_test=2000, epochs=6, batch_size=128, finetune_epochs=3, finetune_n_train=0,
+        "lab": dict(n_train=8000, n_test=2000, epochs=4, batch_size=128, finetune_epochs=5, finetune_n_train=2000,
                     layer_decay=1.0),
         "full": dict(n_train=50000, n_test=10000, epochs=200, batch_size=256, backbone="vit-tiny", finetune_epochs=50,
                      finetune_n_train=0, layer_decay=0.75),
@@ -417,7 +421,7 @@ class NonContrastiveConfig(TrainConfig):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": dict(n_train=512, n_test=256, epochs=2, batch_size=128, ablation_epochs=1, attention_epochs=1,
                       teacher_temp=0.02, warmup_teacher_temp=0.02),
-        "lab": dict(n_train=8000, n_test=2000, epochs=7, batch_size=32, ablation_epochs=1, attention_epochs=2,
+        "lab": dict(n_train=8000, n_test=2000, epochs=4, batch_size=32, ablation_epochs=1, attention_epochs=2,
                     teacher_temp=0.02, warmup_teacher_temp=0.02),
         "full": dict(n_train=50000, n_test=10000, epochs=200, batch_size=512, backbone="resnet18", hidden_dim=2048,
                      proj_dim=256, out_dim=8192, n_local=6, dino_backbone="vit-tiny", ablation_epochs=30,

@@ -19,10 +19,14 @@ few columns :data:`HEADLINES` names for the chapter (the rest stay in ``leaderbo
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from vfm_lab.evaluate import write_results
+
+REPO = Path(__file__).resolve().parent.parent
+RUNS = REPO / "runs"  # where `vfm-lab run` puts its run folders by default (--runs-dir)
 
 HEADLINES: dict[str, tuple[str, ...]] = {
     "00_tour": ("knn_acc", "linear_acc", "train_seconds"),
@@ -81,7 +85,30 @@ def new_results(cfg: Any) -> dict[str, Any]:
     return {"chapter": cfg.CHAPTER, "scale": cfg.scale, "config": cfg.to_dict()}
 
 
+def grid_runs(cfg: Any, entry: str, *vary: str) -> dict[Any, dict[str, Any]]:
+    """``entry`` of each finished ``vfm-lab run`` (a ``DONE`` file) of this chapter whose parameters differ from
+    ``cfg``'s only in ``vary``, keyed by the value of that setting (a tuple of values for several) and sorted:
+    how a notebook reads back the sweep a grid file ran at full budget (``vfm-lab run NN --grid sweeps/...``).
+    It looks beside ``cfg.out_dir`` and in the repository's ``runs/CHAPTER``.
+    """
+    here = {k: v for k, v in cfg.to_dict().items() if k not in (*vary, "out_dir")}
+    found: dict[Any, dict[str, Any]] = {}
+    for folder in dict.fromkeys((Path(cfg.out_dir).resolve().parent, RUNS / cfg.CHAPTER)):
+        for done in folder.glob("*/DONE"):
+            results = json.loads((done.parent / "results.json").read_text())
+            config = results.get("config", {})
+            if entry in results and all(config.get(k) == v for k, v in here.items()):
+                key = tuple(config.get(k) for k in vary)
+                found[key[0] if len(vary) == 1 else key] = results[entry]
+    return dict(sorted(found.items()))
+
+
 def save_results(out_dir: str | Path, results: dict[str, Any]) -> str:
-    """The closing cell of a chapter: write ``results.json`` and return its headline table."""
+    """The closing cell of a chapter: write ``results.json`` and return its headline table, then this
+    run's headline numbers next to the chapter's reference runs (:mod:`vfm_lab.reference`) where it has them."""
+    from vfm_lab import reference  # reference reads the HEADLINES of this module
+
     path = write_results(out_dir, results)
-    return f"{headline_table(results)}\n\n(every number: {path})"
+    ref = reference.load(results.get("chapter", ""))
+    against = reference.compare(results, ref) if ref else "(no reference runs of this chapter yet: make reference)"
+    return f"{headline_table(results)}\n\n(every number: {path})\n\n{against}"
