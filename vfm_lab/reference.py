@@ -81,7 +81,7 @@ def build(runs_dir: str | Path) -> dict[str, dict[str, Any]]:
         for entry, row in entry_rows(results).items():
             for column in HEADLINES.get(chapter, ()):
                 if isinstance(row.get(column), (int, float)):
-                    ref["entries"].setdefault(entry, {}).setdefault(column, []).append(row[column])
+                    ref["entries"].setdefault(entry, {}).setdefault(column, []).append(round(row[column], 4))
     return refs
 
 
