@@ -13,8 +13,8 @@ from torch import nn
 from vfm_lab.backbones import build_backbone
 from vfm_lab.config import TourConfig
 from vfm_lab.data import load
-from vfm_lab.diagnostics import (OnlineKNN, alignment, cls_attention, collapse_report, effective_rank, embedding_std,
-                                 uniformity)
+from vfm_lab.diagnostics import (OnlineKNN, alignment, attention_share, cls_attention, collapse_report,
+                                 effective_rank, embedding_std, uniformity)
 from vfm_lab.engine import Method
 from vfm_lab.jobs import pretrain
 
@@ -145,3 +145,17 @@ def test_pretrain_trains_evaluates_monitors_and_writes_results(tmp_path):
     assert (tmp_path / "labels" / "checkpoint.pt").exists()
     again = pretrain(cfg, ShapeLabels, "labels")  # a rerun resumes the finished run: same backbone, same numbers
     assert again.metrics["knn_acc"] == metrics["knn_acc"] and again.history == run.history
+
+
+def test_attention_share_is_one_on_the_objects_and_their_area_when_uniform():
+    masks = torch.zeros(2, 32, 32, dtype=torch.uint8)
+    masks[:, :16, :16] = 1  # a quarter of each image, the top-left 4x4 patches of an 8x8 grid
+    on = torch.zeros(2, 3, 8, 8)
+    on[:, :, :4, :4] = 1 / 16
+    assert torch.allclose(attention_share(on, masks), torch.ones(3))
+    assert torch.allclose(attention_share(torch.full((2, 3, 8, 8), 1 / 64), masks), torch.full((3,), 0.25))
+    off = torch.zeros(2, 3, 8, 8)
+    off[:, :, 4:, 4:] = 1 / 16
+    assert torch.allclose(attention_share(off, masks), torch.zeros(3))
+    with pytest.raises(ValueError, match="same B"):
+        attention_share(on, masks[:1])

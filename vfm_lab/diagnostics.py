@@ -17,7 +17,8 @@ and these numbers show whether the design held:
 - **online kNN**: the kNN accuracy of the frozen backbone after every epoch, the
   label-aware curve that the loss alone does not give.
 - **CLS attention maps** (DINO, Caron et al., 2021, arXiv:2104.14294, fig. 1): where the class
-  token of a ViT's last block looks, one map per head.
+  token of a ViT's last block looks, one map per head; ``attention_share`` measures how much of it
+  falls on the objects of a scene.
 
 >>> g = torch.Generator().manual_seed(0)
 >>> spread, constant = torch.randn(512, 64, generator=g), torch.ones(512, 64)
@@ -143,3 +144,16 @@ def cls_attention(backbone: Backbone, x: torch.Tensor) -> torch.Tensor:
     weights = (q[:, :, :1] * attn.scale @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, h, 1, N)
     side = backbone.image_size // backbone.patch_size
     return weights[:, :, 0, backbone.model.num_prefix_tokens:].reshape(B, attn.num_heads, side, side).float()
+
+
+def attention_share(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """How much of each head's attention falls on the objects: ``maps`` (B, heads, h, w) from
+    :func:`cls_attention`, ``masks`` (B, H, W) with the objects nonzero (``shapes``' ``instance_masks``).
+    The masks are pooled to the patch grid (the share of each patch an object covers); returns the share of
+    each head's attention on the objects, averaged over the images: (heads,). A head that attends without
+    regard to the objects gets the share of the image they cover, ``masks.gt(0).float().mean()``."""
+    if maps.ndim != 4 or masks.ndim != 3 or len(maps) != len(masks):
+        raise ValueError(f"attention_share needs maps (B, heads, h, w) and masks (B, H, W) of the same B, got "
+                         f"{tuple(maps.shape)} and {tuple(masks.shape)}")
+    cover = F.adaptive_avg_pool2d(masks.gt(0).float()[:, None].to(maps.device), maps.shape[-2:])  # (B, 1, h, w)
+    return ((maps * cover).sum((-2, -1)) / maps.sum((-2, -1))).mean(0)
