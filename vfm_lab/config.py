@@ -273,7 +273,7 @@ class ClipConfig(TrainConfig):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": dict(n_train=512, n_test=256, epochs=2, batch_size=64, compare_epochs=1, scaling_epochs=1,
                       icon_epochs=1, icon_n_train=512, fmnist_n_test=1000),
-        "lab": dict(n_train=8000, n_test=1000, epochs=10, batch_size=128, compare_epochs=4, scaling_epochs=1,
+        "lab": dict(n_train=8000, n_test=1000, epochs=10, batch_size=128, compare_epochs=3, scaling_epochs=1, scaling_n_train=4000,
                     icon_epochs=10),
         "full": dict(n_train=100000, n_test=5000, epochs=30, batch_size=512, backbone="resnet18",
                      text_tower="scratch-b", embed_dim=256, compare_epochs=30, scaling_epochs=5, icon_epochs=30),
@@ -299,6 +299,8 @@ class ClipConfig(TrainConfig):
     compare_epochs: int = param(1, "epochs of each run in the CLIP vs SigLIP vs locked-MiniLM comparison", min=1)
     scaling_epochs: int = param(1, "epochs of the smallest batch in the batch-size experiment; a batch k times larger "
                                 "trains k times the epochs, so every run takes the same steps", min=1)
+    scaling_n_train: int = param(0, "pairs each run of the batch-size experiment trains on, the first of the training "
+                                 "set (0 = all); sweeps/02_clip_batch.yaml runs it at full budget instead", min=0)
     icon_dataset: str = param("emoji", "the real icon set(s) of the last section: CLIP vs the locked MiniLM on "
                               "held-out categories and Fashion-MNIST (all: the three; none: skip it)",
                               choices=("none", "emoji", "openmoji", "openclipart", "all"))

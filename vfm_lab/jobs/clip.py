@@ -86,13 +86,14 @@ def clip_splits(cfg: ClipConfig) -> tuple[ImageSet, ImageSet, ImageSet]:
 
 
 def train_clip(cfg: ClipConfig, name: str = "clip", epochs: int | None = None, batch_size: int | None = None,
-               **overrides: Any) -> Run:
+               n_train: int | None = None, **overrides: Any) -> Run:
     """The chapter's main run: CLIP (or the model ``overrides``: loss, text_tower, ...) on the captions
-    of ``cfg.dataset`` for ``epochs`` at ``batch_size`` (default: the config's) into ``cfg.out_dir/name``
-    (a rerun resumes), then retrieval, zero-shot and the frozen-backbone probes; the metrics go to
-    ``results.json`` under ``name``. Returns the :class:`~vfm_lab.jobs.common.Run` (its metrics ``{}``
-    on ranks other than 0)."""
+    of ``cfg.dataset`` (the first ``n_train`` pairs, default all) for ``epochs`` at ``batch_size`` (default:
+    the config's) into ``cfg.out_dir/name`` (a rerun resumes), then retrieval, zero-shot and the
+    frozen-backbone probes; the metrics go to ``results.json`` under ``name``. Returns the
+    :class:`~vfm_lab.jobs.common.Run` (its metrics ``{}`` on ranks other than 0)."""
     train_set, test, heldout = clip_splits(cfg)
+    train_set = train_set.subset(slice(0, n_train)) if n_train else train_set
     seed_everything(cfg.seed)
     model = build_clip(cfg, train_set, **overrides)
     run = train(cfg, model, name, train_set, epochs=epochs or cfg.epochs, batch_size=batch_size or cfg.batch_size)
