@@ -423,7 +423,7 @@ class NonContrastiveConfig(TrainConfig):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": dict(n_train=512, n_test=256, epochs=2, batch_size=128, ablation_epochs=1, attention_epochs=1,
                       teacher_temp=0.02, warmup_teacher_temp=0.02),
-        "lab": dict(n_train=8000, n_test=2000, epochs=4, batch_size=32, ablation_epochs=1, attention_epochs=2,
+        "lab": dict(n_train=8000, n_test=2000, epochs=3, batch_size=32, ablation_epochs=1, attention_epochs=1,
                     teacher_temp=0.02, warmup_teacher_temp=0.02),
         "full": dict(n_train=50000, n_test=10000, epochs=200, batch_size=512, backbone="resnet18", hidden_dim=2048,
                      proj_dim=256, out_dim=8192, n_local=6, dino_backbone="vit-tiny", ablation_epochs=30,
