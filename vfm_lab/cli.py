@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vfm_lab import reference
 from vfm_lab.config import CONFIGS, ConfigError
 from vfm_lab.distributed import PeerStoppedError, leave_broken_group
-from vfm_lab import reference
 from vfm_lab.errors import LabError
 from vfm_lab.results import REPO, entry_rows, headline_table
 

@@ -273,8 +273,8 @@ class ClipConfig(TrainConfig):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": dict(n_train=512, n_test=256, epochs=2, batch_size=64, compare_epochs=1, scaling_epochs=1,
                       icon_epochs=1, icon_n_train=512, fmnist_n_test=1000),
-        "lab": dict(n_train=8000, n_test=1000, epochs=10, batch_size=128, compare_epochs=3, scaling_epochs=1, scaling_n_train=4000,
-                    icon_epochs=10),
+        "lab": dict(n_train=8000, n_test=1000, epochs=10, batch_size=128, compare_epochs=3, scaling_epochs=1,
+                    scaling_n_train=4000, icon_epochs=10),
         "full": dict(n_train=100000, n_test=5000, epochs=30, batch_size=512, backbone="resnet18",
                      text_tower="scratch-b", embed_dim=256, compare_epochs=30, scaling_epochs=5, icon_epochs=30),
     }

@@ -38,7 +38,8 @@ TABLE_BEGIN, TABLE_END = "<!-- reference table: make reference -->", "<!-- end o
 CHAPTERS = {
     "00_tour": ("2.1", "the data, the engine, evaluations, papermill"),
     "01_supervised": ("2.2", "labels: cross-entropy, CosFace (MOFI), sampled softmax, transfer"),
-    "02_clip": ("2.3", "captions: CLIP, SigLIP, a locked MiniLM text tower, zero-shot, retrieval, batch scaling, icons"),
+    "02_clip": ("2.3", "captions: CLIP, SigLIP, a locked MiniLM text tower, zero-shot, retrieval, batch scaling, "
+                "icons"),
     "03_contrastive": ("2.4", "two views: SimCLR, MoCo v2/v3; collapse monitor, batch and queue sweeps, augmentations"),
     "04_non_contrastive": ("2.4", "BYOL, SimSiam, DINO; collapse ablations, DINO attention maps"),
     "05_mim": ("2.4", "masked patches: MAE, SimMIM, MaskFeat (HOG), BEiT (visual tokens); probe vs fine-tune"),
@@ -174,7 +175,8 @@ def update_readme(path: str | Path = README, folder: str | Path | None = None) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vfm_lab.reference", description=__doc__.splitlines()[0])
-    parser.add_argument("runs_dir", help="the runs of `vfm-lab run all -p scale=lab --grid sweeps/reference_seeds.yaml`")
+    parser.add_argument("runs_dir",
+                        help="the runs of `vfm-lab run all -p scale=lab --grid sweeps/reference_seeds.yaml`")
     parser.add_argument("--folder", default=None, help=f"where the reference files go (default {FOLDER})")
     parser.add_argument("--readme", default=str(README), help="the README whose chapter table is rewritten")
     args = parser.parse_args(argv)
