@@ -14,11 +14,12 @@ from torch import nn
 
 from tests.margins import above
 from tests.test_distributed import ROOT, torchrun
+from tests.test_real_data import write_fashion
 from tests.toy import one_training_step, short_ssl_run
 from vfm_lab import augment as A
 from vfm_lab.backbones import build_backbone
 from vfm_lab.config import ContrastiveConfig
-from vfm_lab.data import load
+from vfm_lab.data import load, real
 from vfm_lab.engine import fit
 from vfm_lab.jobs import build_contrastive, train_contrastive
 from vfm_lab.methods.dino import DINOLoss
@@ -344,16 +345,38 @@ def test_a_short_run_beats_the_random_backbone(name):
     above(f"{name}: probe gain over position, colour and size", sum(after.values()) - sum(before.values()), 0.06)
 
 
-def test_the_job_writes_each_method_next_to_the_random_backbone(tmp_path):
-    """`vfm-lab train 03`: results.json holds the random backbone (`random_init`, the baseline of every number)
-    and the method, each with the shape-class kNN, linear probe and attribute probes."""
-    cfg = ContrastiveConfig.from_params(scale="smoke", n_train=256, n_test=128, epochs=1, batch_size=64, image_size=16,
-                                        queue_size=128, out_dir=str(tmp_path), precision="fp32")
+def test_the_job_writes_each_method_next_to_the_random_backbone_and_labels(tmp_path, monkeypatch):
+    """`vfm-lab train 03` on Fashion-MNIST (its default; here a fixture in the same IDX files, 28 px grey):
+    results.json holds the random backbone (`random_init`, the baseline of every number), the method, and the
+    supervised reference (chapter 01's recipe on the same images and epochs)."""
+    (tmp_path / "fashion-mnist").mkdir()
+    write_fashion(tmp_path / "fashion-mnist", n_train=96, n_test=40)
+    monkeypatch.setenv("VFM_LAB_DATA", str(tmp_path))
+    cfg = ContrastiveConfig.from_params(scale="smoke", n_train=0, n_test=0, epochs=1, batch_size=32, image_size=16,
+                                        queue_size=64, out_dir=str(tmp_path / "run"), precision="fp32")
     metrics = train_contrastive(cfg)
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert results["simclr"]["knn_acc"] == metrics["knn_acc"] and "erank" in metrics["collapse"]
-    for entry in ("random_init", "simclr"):
-        assert {"knn_acc", "linear_acc", "probe"} <= set(results[entry]) and {"shape", "colour"} <= set(
-            results[entry]["probe"])
-        assert 0.0 < results[entry]["linear_acc"] <= 1.0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["config"]["dataset"] == "fashion-mnist"
+    assert results["simclr"]["knn_acc"] == metrics["simclr"]["knn_acc"] and "erank" in metrics["simclr"]["collapse"]
+    for entry in ("random_init", "simclr", "supervised"):
+        assert 0.0 <= results[entry]["linear_acc"] <= 1.0 and 0.0 <= results[entry]["knn_acc"] <= 1.0
+    assert results["simclr"]["steps"] == 3 and len(results["simclr"]["online_knn"]) == 1  # 96 images, batch 32
+    assert results["supervised"]["steps"] == 1  # one epoch at chapter 01's smoke batch of 64
+
+
+def test_without_fashion_mnist_the_job_falls_back_to_shapes_and_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("VFM_LAB_DATA", raising=False)
+    monkeypatch.setattr(real, "SYSTEM_ROOTS", {})
+    monkeypatch.setattr(real, "REPO_DATA", tmp_path / "checkout-data")
+    cfg = ContrastiveConfig.from_params(scale="smoke", n_train=256, n_test=128, epochs=1, batch_size=64, image_size=16,
+                                        queue_size=128, out_dir=str(tmp_path / "run"), precision="fp32")
+    assert cfg.dataset == "fashion-mnist"
+    train_contrastive(cfg)
+    said = capsys.readouterr().out
+    assert "data: shapes, because fashion-mnist is not on this machine" in said and "fetch.sh fashion-mnist" in said
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["config"]["dataset"] == "shapes"
+    for entry in ("random_init", "simclr", "supervised"):
+        assert {"shape", "colour"} <= set(results[entry]["probe"]) and 0.0 < results[entry]["linear_acc"] <= 1.0
     assert results["random_init"]["probe"]["colour"] != results["simclr"]["probe"]["colour"]  # trained: another net

@@ -1,15 +1,18 @@
 """The reference numbers (vfm_lab.reference): files built from lab runs on two seeds, the comparison a notebook
-prints, the README's generated chapter table, the runner's expected time, and grid runs read back by a notebook."""
+prints, the README's generated chapter table, the runner's expected time, and grid runs and other chapters' runs
+read back by a notebook."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 
 import pytest
 
 from vfm_lab import reference
 from vfm_lab.cli import main
-from vfm_lab.config import ContrastiveConfig
-from vfm_lab.results import grid_runs, save_results
+from vfm_lab.config import ContrastiveConfig, NonContrastiveConfig
+from vfm_lab.results import chapter_entry, grid_runs, save_results
 
 
 def finished_run(folder, results, seconds=100.0):
@@ -124,3 +127,18 @@ def test_grid_runs_reads_the_entry_of_finished_runs_that_differ_only_in_the_swep
     assert grid_runs(here, "moco_v2", "batch_size") == {}  # no run has that entry
     both = grid_runs(here, "simclr", "batch_size", "seed")
     assert (8, 1) in both and (64, 0) in both  # several settings: keyed by their values together
+
+
+def test_chapter_entry_reads_the_newest_run_of_another_chapter_on_the_same_data(tmp_path):
+    """Chapter 04 draws chapter 03's SimCLR curve next to its own when 03 has run on the same data and seed."""
+    here = NonContrastiveConfig.from_params(scale="lab", out_dir=str(tmp_path / "04_non_contrastive" / "lab"))
+    assert chapter_entry("03_contrastive", "simclr", here) is None  # chapter 03 has not run
+    base = ContrastiveConfig.from_params(scale="lab").to_dict()
+    for name, seed, knn in (("old", 0, 0.1), ("other-seed", 1, 0.9), ("new", 0, 0.5)):
+        folder = tmp_path / "03_contrastive" / name
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(json.dumps({"config": {**base, "seed": seed}, "simclr": {"knn_acc": knn}}))
+        os.utime(folder / "results.json", (len(name), {"old": 1, "other-seed": 3, "new": 2}[name]))
+    assert chapter_entry("03_contrastive", "simclr", here) == {"knn_acc": 0.5}  # the newest with seed 0
+    assert chapter_entry("03_contrastive", "moco_v2", here) is None
+    assert chapter_entry("03_contrastive", "simclr", dataclasses.replace(here, dataset="shapes")) is None

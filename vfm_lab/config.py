@@ -317,12 +317,15 @@ class ContrastiveConfig(TrainConfig):
     CHAPTER: ClassVar[str] = "03_contrastive"
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": dict(n_train=768, n_test=384, epochs=2, batch_size=128, queue_size=512, ablation_epochs=1),
-        "lab": dict(n_train=8000, n_test=2000, epochs=4, batch_size=32, queue_size=4096, ablation_epochs=1,
-                    sweep_n_train=2000),
+        "lab": dict(n_train=8000, n_test=2000, epochs=3, batch_size=32, queue_size=4096, ablation_epochs=1,
+                    sweep_n_train=2000, shapes_n_train=4000),
         "full": dict(n_train=50000, n_test=10000, epochs=200, batch_size=512, backbone="resnet18",
                      queue_size=16384, hidden_dim=2048, ablation_epochs=50,
                      crop_min=0.08, jitter_strength=0.5, tone_p=0.0),  # SimCLR's CIFAR views (appendix B.9)
     }
+    dataset: str = param("fashion-mnist", "the data set of the headline, each method against the random backbone "
+                         "(shapes where it is missing); the second half of the chapter trains on shapes",
+                         choices=DATASET_NAMES)
     batch_size: int = param(128, "images per step and process: each image's views are told apart from the batch's "
                             "other images (and BatchNorm needs two), so at least 2", min=2)
     lr: float = param(3e-3, "peak AdamW learning rate after warm-up", min=MIN_LR)
@@ -355,6 +358,10 @@ class ContrastiveConfig(TrainConfig):
                                  "experiments", min=1)
     sweep_n_train: int = param(0, "training images of each short run of those experiments, the first of the training "
                                "set (0 = all); a grid file in sweeps/ runs them at full budget instead", min=0)
+    shapes_epochs: int = param(1, "epochs of each method on shapes, for the probe of every attribute of the scenes",
+                               min=1)
+    shapes_n_train: int = param(0, "training scenes of the second half of the chapter, on shapes (0 = n_train)",
+                                min=0)
 
 
 @dataclass
@@ -423,12 +430,15 @@ class NonContrastiveConfig(TrainConfig):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": dict(n_train=512, n_test=256, epochs=2, batch_size=128, ablation_epochs=1, attention_epochs=1,
                       teacher_temp=0.02, warmup_teacher_temp=0.02),
-        "lab": dict(n_train=8000, n_test=2000, epochs=3, batch_size=32, ablation_epochs=1, attention_epochs=1,
-                    teacher_temp=0.02, warmup_teacher_temp=0.02),
+        "lab": dict(n_train=8000, n_test=2000, epochs=4, batch_size=32, ablation_epochs=1, attention_epochs=1,
+                    teacher_temp=0.02, warmup_teacher_temp=0.02, shapes_n_train=4000),
         "full": dict(n_train=50000, n_test=10000, epochs=200, batch_size=512, backbone="resnet18", hidden_dim=2048,
                      proj_dim=256, out_dim=8192, n_local=6, dino_backbone="vit-tiny", ablation_epochs=30,
                      attention_epochs=100, crop_min=0.2),  # SimSiam's crops (BYOL 0.08, DINO's global 0.4)
     }
+    dataset: str = param("fashion-mnist", "the data set of the headline, each method against the random backbone "
+                         "(shapes where it is missing); the second half of the chapter trains on shapes",
+                         choices=DATASET_NAMES)
     batch_size: int = param(128, "images per step and process: the projector's BatchNorm and DINO's centre are "
                             "batch statistics, so at least 2", min=2)
     lr: float = param(3e-3, "peak AdamW learning rate after warm-up", min=MIN_LR)
@@ -468,6 +478,10 @@ class NonContrastiveConfig(TrainConfig):
                                choices=("vit-nano", "vit-tiny"))
     attention_epochs: int = param(1, "epochs of the DINO ViT run for the attention maps", min=1)
     ablation_epochs: int = param(1, "epochs of each run of the collapse and augmentation experiments", min=1)
+    shapes_epochs: int = param(1, "epochs of each method on shapes, for the probe of every attribute of the scenes",
+                               min=1)
+    shapes_n_train: int = param(0, "training scenes of the second half of the chapter, on shapes (0 = n_train)",
+                                min=0)
     clip_grad: float = param(3.0, "largest gradient norm per step (0 = no clipping; DINO's code clips at 3: a sharp "
                              "teacher can make rare huge gradients)", min=0.0)
 

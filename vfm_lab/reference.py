@@ -40,8 +40,10 @@ CHAPTERS = {
     "01_supervised": ("2.2", "labels: cross-entropy, CosFace (MOFI), sampled softmax, transfer"),
     "02_clip": ("2.3", "captions: CLIP, SigLIP, a locked MiniLM text tower, zero-shot, retrieval, batch scaling, "
                 "icons"),
-    "03_contrastive": ("2.4", "two views: SimCLR, MoCo v2/v3; collapse monitor, batch and queue sweeps, augmentations"),
-    "04_non_contrastive": ("2.4", "BYOL, SimSiam, DINO; collapse ablations, DINO attention maps"),
+    "03_contrastive": ("2.4", "two views: SimCLR, MoCo v2/v3 on Fashion-MNIST against labels; what each keeps of "
+                       "a scene; collapse monitor, batch and queue sweeps, augmentations"),
+    "04_non_contrastive": ("2.4", "BYOL, SimSiam, DINO on Fashion-MNIST against labels and SimCLR; what each keeps; "
+                           "collapse ablations, DINO attention maps"),
     "05_mim": ("2.4", "masked patches: MAE, SimMIM, MaskFeat (HOG), BEiT (visual tokens); probe vs fine-tune"),
 }
 # The one number per chapter the README's table shows: (entry, column, baseline entry or None).

@@ -103,6 +103,24 @@ def grid_runs(cfg: Any, entry: str, *vary: str) -> dict[Any, dict[str, Any]]:
     return dict(sorted(found.items()))
 
 
+SAME_DATA = ("scale", "dataset", "image_size", "n_train", "n_test", "backbone", "seed")
+
+
+def chapter_entry(chapter: str, entry: str, cfg: Any, same: tuple[str, ...] = SAME_DATA) -> dict[str, Any] | None:
+    """``entry`` of the newest finished run of another ``chapter`` (a ``results.json``) whose config agrees with
+    ``cfg``'s on ``same`` (the data, the backbone, the seed), or None: how chapter 04 draws chapter 03's SimCLR
+    next to its own methods. It looks beside ``cfg.out_dir``'s chapter folder and in the repository's
+    ``runs/CHAPTER``."""
+    here = cfg.to_dict()
+    folders = dict.fromkeys((Path(cfg.out_dir).resolve().parent.parent / chapter, RUNS / chapter))
+    paths = sorted((p for folder in folders for p in folder.glob("*/results.json")), key=lambda p: p.stat().st_mtime)
+    for path in reversed(paths):
+        results = json.loads(path.read_text())
+        if entry in results and all(results.get("config", {}).get(k) == here.get(k) for k in same):
+            return results[entry]
+    return None
+
+
 def save_results(out_dir: str | Path, results: dict[str, Any]) -> str:
     """The closing cell of a chapter: write ``results.json`` and return its headline table, then this
     run's headline numbers next to the chapter's reference runs (:mod:`vfm_lab.reference`) where it has them."""

@@ -3,6 +3,7 @@ method on a config (:func:`train`, which returns a :class:`Run`), and self-super
 frozen-backbone evaluation every SSL chapter reports (:func:`pretrain`)."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -13,7 +14,7 @@ from vfm_lab import distributed as D
 from vfm_lab.augment import Augment, weak
 from vfm_lab.backbones import Backbone, build_backbone
 from vfm_lab.config import TrainConfig
-from vfm_lab.data import ImageSet, batches, load
+from vfm_lab.data import DataMissingError, ImageSet, batches, load
 from vfm_lab.diagnostics import OnlineKNN, collapse_report
 from vfm_lab.engine import Method, TrainResult, fit
 from vfm_lab.evaluate import evaluate_backbone, write_results
@@ -26,6 +27,22 @@ def load_splits(cfg: TrainConfig) -> tuple[ImageSet, ImageSet]:
     kw: dict[str, Any] = {"seed": cfg.seed, "image_size": cfg.image_size}
     return (load(cfg.dataset, "train", n=cfg.n_train or None, **kw),
             load(cfg.dataset, "test", n=cfg.n_test or None, **kw))
+
+
+def on_available_data(cfg: TrainConfig) -> tuple[TrainConfig, str]:
+    """``cfg`` and a line that names its data set; where ``cfg.dataset`` is a real set this machine lacks,
+    ``cfg`` on ``shapes`` instead and a line that says so (chapters 03 and 04 measure their headline on
+    Fashion-MNIST, and fall back rather than stop)."""
+    if cfg.dataset == "shapes":
+        return cfg, "data: shapes"
+    try:
+        load(cfg.dataset, "test", n=2, seed=cfg.seed, image_size=cfg.image_size)
+    except DataMissingError as e:
+        return (dataclasses.replace(cfg, dataset="shapes"),
+                f"data: shapes, because {e} -- the headline (each method against the random backbone on real "
+                f"images) needs {cfg.dataset}; on shapes it measures the shape class, which the scenes' colours "
+                f"crowd out")
+    return cfg, f"data: {cfg.dataset}"
 
 
 def supervised_augment(size: int) -> Augment:

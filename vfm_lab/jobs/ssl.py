@@ -9,13 +9,46 @@ from torch import nn
 from vfm_lab import augment as A
 from vfm_lab.augment import Augment
 from vfm_lab.backbones import Backbone
-from vfm_lab.config import ContrastiveConfig, NonContrastiveConfig
-from vfm_lab.jobs.common import pretrain, random_init_baseline
+from vfm_lab import distributed as D
+from vfm_lab.config import ContrastiveConfig, NonContrastiveConfig, SupervisedConfig, TrainConfig
+from vfm_lab.evaluate import evaluate_backbone, write_results
+from vfm_lab.jobs.common import load_splits, on_available_data, pretrain, random_init_baseline, train
+from vfm_lab.jobs.supervised import build_supervised
 from vfm_lab.methods.byol import BYOL
 from vfm_lab.methods.dino import DINO
 from vfm_lab.methods.moco import MoCoV2, MoCoV3
 from vfm_lab.methods.simclr import SimCLR
 from vfm_lab.methods.simsiam import SimSiam, simsiam_views
+
+
+# ---- both chapters ------------------------------------------------------------------------
+def supervised_reference(cfg: TrainConfig) -> dict[str, Any]:
+    """What labels give at the same budget: chapter 01's recipe (cross-entropy, flips, its batch size and
+    learning rate) on ``cfg``'s backbone, images and epochs, evaluated as :func:`pretrain` evaluates a
+    self-supervised backbone. Written to ``results.json`` as ``supervised``."""
+    recipe = SupervisedConfig.from_params(scale=cfg.scale, backbone=cfg.backbone, seed=cfg.seed, device=cfg.device,
+                                          precision=cfg.precision, out_dir=cfg.out_dir)
+    train_set, test = load_splits(cfg)
+    model = build_supervised(recipe, train_set)
+    run = train(cfg, model, "supervised", train_set, batch_size=min(recipe.batch_size, len(train_set)), lr=recipe.lr,
+                weight_decay=recipe.weight_decay, progress=False)
+    if not D.is_main():
+        return {}
+    run.metrics.update(evaluate_backbone(run.method.backbone, train_set, test))
+    write_results(cfg.out_dir, {"chapter": cfg.CHAPTER, "config": cfg.to_dict(), "supervised": run.metrics})
+    return run.metrics
+
+
+def ssl_job(cfg: TrainConfig, build: Any) -> dict[str, Any]:
+    """The command-line job of chapters 03 and 04: on Fashion-MNIST where the config names it and this machine
+    has it (else ``shapes``, with a line that says so), the random backbone, ``cfg.method`` pre-trained with
+    :func:`pretrain` and the :func:`supervised_reference`, each under its name."""
+    cfg, data_line = on_available_data(cfg)
+    print(data_line)
+    metrics = {"random_init": random_init_baseline(cfg)}
+    metrics[cfg.method] = pretrain(cfg, lambda backbone: build(cfg, backbone), cfg.method).metrics
+    metrics["supervised"] = supervised_reference(cfg)
+    return metrics
 
 
 # ---- chapter 03: contrastive self-supervision --------------------------------------------
@@ -55,11 +88,9 @@ def build_contrastive(cfg: ContrastiveConfig, backbone: Backbone, method: str | 
     return builders[method](backbone, **{**kw, **overrides})
 
 
-def train_contrastive(cfg: ContrastiveConfig) -> dict[str, float]:
-    """The random backbone (:func:`random_init_baseline`), then ``cfg.method`` pre-trained with :func:`pretrain`
-    (results under the method's name)."""
-    random_init_baseline(cfg)
-    return pretrain(cfg, lambda backbone: build_contrastive(cfg, backbone), cfg.method).metrics
+def train_contrastive(cfg: ContrastiveConfig) -> dict[str, Any]:
+    """Chapter 03's command-line job (:func:`ssl_job`)."""
+    return ssl_job(cfg, build_contrastive)
 
 
 # ---- chapter 04: non-contrastive self-supervision -----------------------------------------
@@ -97,8 +128,6 @@ def build_non_contrastive(cfg: NonContrastiveConfig, backbone: Backbone, method:
     raise ValueError(f"method={method!r} is not a non-contrastive method; choose one of {', '.join(NON_CONTRASTIVE)}")
 
 
-def train_non_contrastive(cfg: NonContrastiveConfig) -> dict[str, float]:
-    """The random backbone (:func:`random_init_baseline`), then ``cfg.method`` pre-trained with :func:`pretrain`
-    (results under the method's name)."""
-    random_init_baseline(cfg)
-    return pretrain(cfg, lambda backbone: build_non_contrastive(cfg, backbone), cfg.method).metrics
+def train_non_contrastive(cfg: NonContrastiveConfig) -> dict[str, Any]:
+    """Chapter 04's command-line job (:func:`ssl_job`)."""
+    return ssl_job(cfg, build_non_contrastive)
