@@ -151,6 +151,7 @@ def readme_table(folder: str | Path | None = None) -> str:
             base = ref["entries"].get(baseline, {}).get(column) if baseline else None
             headline = f"{entry} {column} {spread(values)}" if values else "missing"
             headline += f" vs {baseline} {spread(base)}" if base else ""
+            headline += "" if len(ref["seeds"]) > 1 else f" (seed {ref['seeds'][0]} only)"
             total, measured = total + mean(ref["seconds"]), measured + 1
             seconds = f"{mean(ref['seconds']) / 60:.1f} min"
         lines.append(f"| `{chapter}` | {survey} | {what} | {headline} | {seconds} |")
