@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 from torch import nn
 
@@ -39,7 +39,7 @@ def supervised_reference(cfg: TrainConfig) -> dict[str, Any]:
     return run.metrics
 
 
-def ssl_job(cfg: TrainConfig, build: Any) -> dict[str, Any]:
+def ssl_job(cfg: Any, build: Callable[[Any, Backbone], nn.Module]) -> dict[str, Any]:
     """The command-line job of chapters 03 and 04: on Fashion-MNIST where the config names it and this machine
     has it (else ``shapes``, with a line that says so), the random backbone, ``cfg.method`` pre-trained with
     :func:`pretrain` and the :func:`supervised_reference`, each under its name."""
