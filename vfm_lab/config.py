@@ -372,7 +372,7 @@ class MIMConfig(TrainConfig):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": dict(n_train=512, n_test=256, epochs=2, batch_size=64, finetune_epochs=1, finetune_n_train=256,
                       layer_decay=1.0),
-        "lab": dict(n_train=8000, n_test=2000, epochs=4, batch_size=128, finetune_epochs=5, finetune_n_train=2000,
+        "lab": dict(n_train=8000, n_test=2000, epochs=3, batch_size=128, finetune_epochs=4, finetune_n_train=2000,
                     layer_decay=1.0),
         "full": dict(n_train=50000, n_test=10000, epochs=200, batch_size=256, backbone="vit-tiny", finetune_epochs=50,
                      finetune_n_train=0, layer_decay=0.75),
@@ -431,7 +431,7 @@ class NonContrastiveConfig(TrainConfig):
         "smoke": dict(n_train=512, n_test=256, epochs=2, batch_size=128, ablation_epochs=1, attention_epochs=1,
                       teacher_temp=0.02, warmup_teacher_temp=0.02),
         "lab": dict(n_train=8000, n_test=2000, epochs=4, batch_size=32, ablation_epochs=1, attention_epochs=1,
-                    teacher_temp=0.02, warmup_teacher_temp=0.02, shapes_n_train=4000),
+                    teacher_temp=0.02, warmup_teacher_temp=0.02, shapes_n_train=2000),
         "full": dict(n_train=50000, n_test=10000, epochs=200, batch_size=512, backbone="resnet18", hidden_dim=2048,
                      proj_dim=256, out_dim=8192, n_local=6, dino_backbone="vit-tiny", ablation_epochs=30,
                      attention_epochs=100, crop_min=0.2),  # SimSiam's crops (BYOL 0.08, DINO's global 0.4)
