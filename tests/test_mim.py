@@ -401,24 +401,46 @@ def test_the_engine_trains_each_parameter_at_its_scaled_learning_rate():
 
 
 @pytest.mark.slow
-def test_the_job_with_method_all_writes_one_table(tmp_path):
-    """``vfm-lab train 05 -p method=all``: the four pre-trained backbones and the scratch one, each with
-    kNN, linear probe and fine-tuning, in one results.json."""
+def test_the_job_with_method_all_writes_one_table(tmp_path, monkeypatch):
+    """``vfm-lab train 05 -p method=all`` on Fashion-MNIST (its default; here a fixture in the same IDX files):
+    the four pre-trained backbones and the scratch one, each with kNN, both linear probes and fine-tuning
+    with its test-accuracy curve, in one results.json."""
     import json
 
+    from tests.test_real_data import write_fashion
     from vfm_lab.jobs import train_mim
 
+    (tmp_path / "fashion-mnist").mkdir()
+    write_fashion(tmp_path / "fashion-mnist", n_train=64, n_test=32)
+    monkeypatch.setenv("VFM_LAB_DATA", str(tmp_path))
     cfg = MIMConfig.from_params(scale="smoke", method="all", n_train=64, n_test=32, epochs=1, batch_size=32,
-                                finetune_n_train=32, finetune_epochs=1, device="cpu", precision="fp32",
-                                out_dir=str(tmp_path))
+                                finetune_n_train=32, finetune_epochs=2, image_size=16, device="cpu",
+                                precision="fp32", out_dir=str(tmp_path / "run"))
     results = train_mim(cfg)
     assert list(results) == ["scratch", *MIM_METHODS]
     for name, row in results.items():
-        assert {"knn_acc", "linear_acc", "finetune_acc"} <= set(row), name
+        assert {"knn_acc", "linear_acc", "linear_acc_mean_patch", "finetune_acc"} <= set(row), name
+        assert [epoch for epoch, _ in row["finetune_curve"]] == [1, 2], name  # one point per epoch of two
+        assert row["finetune_curve"][-1][1] == pytest.approx(row["finetune_acc"])  # the last point is the result
         assert ("pretrain_seconds" in row) == (name != "scratch")
     assert {"mae_loss", "mean_patch_loss"} <= set(results["mae"])
-    written = json.loads((tmp_path / "results.json").read_text())
+    written = json.loads((tmp_path / "run" / "results.json").read_text())
     assert written["scratch"] == results["scratch"] and written["config"]["method"] == "all"
+    assert written["config"]["dataset"] == "fashion-mnist" and written["config"]["image_size"] == 16
+
+
+def test_the_mean_patch_probe_reads_the_patch_tokens_and_restores_the_class_token():
+    from vfm_lab.jobs import mean_patch_probe
+
+    data = load("shapes", "train", n=48, image_size=32)
+    backbone = vit()
+    x = data.images[:4].float() / 255
+    token = backbone(x)
+    assert 0.0 <= mean_patch_probe(backbone, data, data) <= 1.0
+    assert backbone.model.global_pool == "token"
+    torch.testing.assert_close(backbone(x), token)
+    backbone.model.global_pool = "avg"
+    torch.testing.assert_close(backbone(x), backbone.forward_tokens(x).mean(1))  # what the probe read
 
 
 def test_finetune_draws_the_head_from_its_seed_not_from_the_callers_random_state():

@@ -316,7 +316,8 @@ class ContrastiveConfig(TrainConfig):
 
     CHAPTER: ClassVar[str] = "03_contrastive"
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "smoke": dict(n_train=768, n_test=384, epochs=2, batch_size=128, queue_size=512, ablation_epochs=1),
+        "smoke": dict(n_train=768, n_test=384, epochs=2, batch_size=128, queue_size=512, ablation_epochs=1,
+                      sweep_n_train=384, shapes_n_train=384),
         "lab": dict(n_train=8000, n_test=2000, epochs=3, batch_size=32, queue_size=4096, ablation_epochs=1,
                     sweep_n_train=2000, shapes_n_train=4000),
         "full": dict(n_train=50000, n_test=10000, epochs=200, batch_size=512, backbone="resnet18",
@@ -370,13 +371,16 @@ class MIMConfig(TrainConfig):
 
     CHAPTER: ClassVar[str] = "05_mim"
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "smoke": dict(n_train=512, n_test=256, epochs=2, batch_size=64, finetune_epochs=1, finetune_n_train=256,
-                      layer_decay=1.0),
-        "lab": dict(n_train=8000, n_test=2000, epochs=3, batch_size=128, finetune_epochs=4, finetune_n_train=2000,
-                    layer_decay=1.0),
-        "full": dict(n_train=50000, n_test=10000, epochs=200, batch_size=256, backbone="vit-tiny", finetune_epochs=50,
-                     finetune_n_train=0, layer_decay=0.75),
+        "smoke": dict(n_train=512, n_test=256, epochs=2, batch_size=64, finetune_epochs=2, finetune_n_train=256,
+                      layer_decay=1.0, shapes_n_train=256),
+        "lab": dict(n_train=8000, n_test=2000, epochs=3, batch_size=128, finetune_epochs=40, finetune_n_train=800,
+                    layer_decay=1.0, shapes_n_train=4000, shapes_epochs=3),
+        "full": dict(n_train=50000, n_test=10000, epochs=200, batch_size=256, backbone="vit-tiny", finetune_epochs=100,
+                     finetune_n_train=5000, layer_decay=0.75, shapes_epochs=50),
     }
+    dataset: str = param("fashion-mnist", "the data set of the headline: each method probed and fine-tuned with few "
+                         "labels against a ViT from scratch (shapes where it is missing); the reconstruction pictures "
+                         "train MAE on shapes too", choices=DATASET_NAMES)
     backbone: str = param("vit-nano", "a ViT preset (vit-nano on a CPU, vit-tiny on a GPU): masking works on patches",
                           choices=("vit-nano", "vit-tiny"))
     lr: float = param(1.5e-3, "peak AdamW learning rate of pre-training (MAE: blr 1.5e-4 x batch 2048 / 256, "
@@ -395,7 +399,9 @@ class MIMConfig(TrainConfig):
     codebook_size: int = param(64, "BEiT: visual tokens in the k-means codebook", min=2)
     finetune_epochs: int = param(1, "epochs of every fine-tuning run (pre-trained and from scratch alike)", min=1)
     finetune_n_train: int = param(512, "labelled images for fine-tuning and probes, the first of the training set "
-                                  "(0 = all n_train)", min=0)
+                                  "(0 = all n_train; lab and full: a tenth, the low-label protocol)", min=0)
+    shapes_epochs: int = param(1, "epochs of the MAE run on shapes, for the reconstruction pictures", min=1)
+    shapes_n_train: int = param(0, "training scenes of the MAE run on shapes (0 = n_train)", min=0)
     finetune_lr: float = param(2e-3, "peak learning rate of fine-tuning (pre-trained and from scratch alike)",
                                min=MIN_LR)
     layer_decay: float = param(1.0, "fine-tuning: block i of L trains at lr x layer_decay^(L - i) (MAE 0.65-0.75, "
@@ -430,7 +436,7 @@ class NonContrastiveConfig(TrainConfig):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": dict(n_train=512, n_test=256, epochs=2, batch_size=128, ablation_epochs=1, attention_epochs=1,
                       teacher_temp=0.02, warmup_teacher_temp=0.02),
-        "lab": dict(n_train=8000, n_test=2000, epochs=4, batch_size=32, ablation_epochs=1, attention_epochs=1,
+        "lab": dict(n_train=8000, n_test=2000, epochs=4, batch_size=32, ablation_epochs=2, attention_epochs=1,
                     teacher_temp=0.02, warmup_teacher_temp=0.02, shapes_n_train=2000),
         "full": dict(n_train=50000, n_test=10000, epochs=200, batch_size=512, backbone="resnet18", hidden_dim=2048,
                      proj_dim=256, out_dim=8192, n_local=6, dino_backbone="vit-tiny", ablation_epochs=30,

@@ -253,21 +253,27 @@ def accuracy(classifier: nn.Module, data: ImageSet, target: torch.Tensor | None 
 
 
 def finetune(backbone: Backbone, train: ImageSet, test: ImageSet, *, epochs: int, batch_size: int = 128,
-             lr: float = 1e-3, augment: Any = None, layer_decay: float = 1.0, **fit_kw: Any) -> dict[str, Any]:
+             lr: float = 1e-3, augment: Any = None, layer_decay: float = 1.0, curve_every: int = 0,
+             **fit_kw: Any) -> dict[str, Any]:
     """Fine-tune a copy of ``backbone`` with a new linear head and cross-entropy on
-    ``train``: ``{"test_acc", "train_seconds", "model"}``. ``fit_kw`` goes to
+    ``train``: ``{"test_acc", "train_seconds", "model", "curve"}``. ``fit_kw`` goes to
     :func:`vfm_lab.engine.fit` (device, precision, seed, out_dir, ...). The backbone
     passed in is left untouched, so the same pre-trained weights can be probed too.
     ``layer_decay`` < 1 (ViTs only) gives the lower blocks smaller learning rates
     (:func:`layer_decay_scale`), as BEiT and MAE fine-tune. The new head is drawn from
     ``fit_kw["seed"]``, so two backbones fine-tuned with one seed start from the same head:
-    only the backbones differ."""
+    only the backbones differ. With ``curve_every`` > 0 the test accuracy is measured after
+    every ``curve_every`` epochs: ``curve`` lists ``[epoch, accuracy]`` pairs (has it converged?)."""
     with torch.random.fork_rng(devices=[]):  # leaves the caller's random stream as it was
         torch.manual_seed(fit_kw.get("seed", 0))
         model = Classifier(copy.deepcopy(backbone), train.num_classes, "ce", augment=augment)
     scale = layer_decay_scale(model, layer_decay) if layer_decay != 1.0 else None
-    result = fit(model, train, epochs=epochs, batch_size=batch_size, lr=lr, lr_scale=scale, **fit_kw)
-    return {"test_acc": accuracy(model, test), "train_seconds": result.seconds, "model": model}
+    track = (lambda epoch: {"test_acc": accuracy(model, test)} if (epoch + 1) % curve_every == 0 else {}
+             ) if curve_every > 0 else None
+    result = fit(model, train, epochs=epochs, batch_size=batch_size, lr=lr, lr_scale=scale, on_epoch_end=track,
+                 **fit_kw)
+    curve = [[round(row["epoch"]), row["test_acc"]] for row in result.history if "test_acc" in row]
+    return {"test_acc": accuracy(model, test), "train_seconds": result.seconds, "model": model, "curve": curve}
 
 
 def layer_decay_scale(model: nn.Module, decay: float) -> Callable[[str], float]:

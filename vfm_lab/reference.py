@@ -44,7 +44,8 @@ CHAPTERS = {
                        "a scene; collapse monitor, batch and queue sweeps, augmentations"),
     "04_non_contrastive": ("2.4", "BYOL, SimSiam, DINO on Fashion-MNIST against labels and SimCLR; what each keeps; "
                            "collapse ablations, DINO attention maps"),
-    "05_mim": ("2.4", "masked patches: MAE, SimMIM, MaskFeat (HOG), BEiT (visual tokens); probe vs fine-tune"),
+    "05_mim": ("2.4", "masked patches: MAE, SimMIM, MaskFeat (HOG), BEiT (visual tokens) on Fashion-MNIST; "
+                      "probes and fine-tuning with a tenth of the labels"),
 }
 # The one number per chapter the README's table shows: (entry, column, baseline entry or None).
 README_HEADLINE = {

@@ -38,7 +38,8 @@ HEADLINES: dict[str, tuple[str, ...]] = {
                        "train_seconds"),
     "04_non_contrastive": ("knn_acc", "linear_acc", "probe/shape", "probe/colour", "collapse/erank",
                            "collapse/collapsed", "train_seconds"),
-    "05_mim": ("knn_acc", "linear_acc", "finetune_acc", "mae_loss", "mean_patch_loss", "pretrain_seconds"),
+    "05_mim": ("knn_acc", "linear_acc", "linear_acc_mean_patch", "finetune_acc", "mae_loss", "mean_patch_loss",
+               "pretrain_seconds"),
 }
 NOT_ENTRIES = ("chapter", "scale", "config")
 
@@ -112,13 +113,19 @@ def chapter_entry(chapter: str, entry: str, cfg: Any, same: tuple[str, ...] = SA
     next to its own methods. It looks beside ``cfg.out_dir``'s chapter folder and in the repository's
     ``runs/CHAPTER``."""
     here = cfg.to_dict()
-    folders = dict.fromkeys((Path(cfg.out_dir).resolve().parent.parent / chapter, RUNS / chapter))
-    paths = sorted((p for folder in folders for p in folder.glob("*/results.json")), key=lambda p: p.stat().st_mtime)
-    for path in reversed(paths):
-        results = json.loads(path.read_text())
+    for folder in chapter_runs(chapter, cfg):
+        results = json.loads((folder / "results.json").read_text())
         if entry in results and all(results.get("config", {}).get(k) == here.get(k) for k in same):
             return results[entry]
     return None
+
+
+def chapter_runs(chapter: str, cfg: Any) -> list[Path]:
+    """The run folders of ``chapter`` that hold a ``results.json``, newest first: beside ``cfg.out_dir``'s
+    chapter folder, then in the repository's ``runs/CHAPTER``."""
+    folders = dict.fromkeys((Path(cfg.out_dir).resolve().parent.parent / chapter, RUNS / chapter))
+    paths = sorted((p for folder in folders for p in folder.glob("*/results.json")), key=lambda p: p.stat().st_mtime)
+    return [p.parent for p in reversed(paths)]
 
 
 def save_results(out_dir: str | Path, results: dict[str, Any]) -> str:

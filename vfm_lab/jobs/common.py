@@ -4,6 +4,7 @@ frozen-backbone evaluation every SSL chapter reports (:func:`pretrain`)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -16,8 +17,9 @@ from vfm_lab.backbones import Backbone, build_backbone
 from vfm_lab.config import TrainConfig
 from vfm_lab.data import DataMissingError, ImageSet, batches, load
 from vfm_lab.diagnostics import OnlineKNN, collapse_report
-from vfm_lab.engine import Method, TrainResult, fit
+from vfm_lab.engine import CHECKPOINT, Method, TrainResult, fit, load_checkpoint
 from vfm_lab.evaluate import evaluate_backbone, write_results
+from vfm_lab.results import chapter_runs
 from vfm_lab.runtime import resolve_device, seed_everything
 
 
@@ -104,6 +106,33 @@ def fresh_backbone(cfg: TrainConfig, data: ImageSet, name: str | None = None) ->
     every run of a chapter starts from the same weights."""
     seed_everything(cfg.seed)
     return build_backbone(name or cfg.backbone, data.channels, data.image_size)
+
+
+SAME_TRAINING = ("dataset", "image_size", "n_train", "backbone", "seed")  # what a model trained elsewhere must share
+
+
+def weights_from(chapter: str, name: str, cfg: TrainConfig, method: Method,
+                 same: tuple[str, ...] = SAME_TRAINING) -> tuple[bool, str]:
+    """Load into ``method`` the weights of the run ``name`` that another ``chapter`` finished (its entry
+    ``name`` is in that run's ``results.json``, its checkpoint in ``name/``), from the newest such run
+    whose config agrees with ``cfg``'s on ``same``: how chapter 06 locks chapter 01's image tower.
+    A run trained with other settings is refused, and the line says which and why. Returns whether
+    weights were loaded and a line that says what happened, for the notebook to print."""
+    here, refused = cfg.to_dict(), []
+    for folder in chapter_runs(chapter, cfg):
+        path = folder / name / CHECKPOINT
+        results = json.loads((folder / "results.json").read_text())
+        if name not in results or not path.exists():
+            continue
+        differ = [f"{k}={results['config'].get(k)!r}" for k in same if results["config"].get(k) != here.get(k)]
+        if differ:
+            refused.append(f"{path} ({', '.join(differ)}; this run: "
+                           f"{', '.join(f'{k}={here.get(k)!r}' for k in same)})")
+            continue
+        state = load_checkpoint(path, method)
+        return True, f"{name}: the weights of {path} (chapter {chapter}, {state['step']} steps)"
+    line = f"{name}: no finished run of {chapter} with this run's {', '.join(same)}"
+    return False, line + "".join(f"; refused {r}" for r in refused)
 
 
 def train(cfg: TrainConfig, method: Method, name: str, data: ImageSet | None = None, **overrides: Any) -> Run:
