@@ -1,0 +1,191 @@
+"""Chapter 06 (synergy): UniCL, SLIP, FLIP, LiT and MIM with CLIP targets against reference formulas,
+what each locks or shares, and the inputs each refuses."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vfm_lab.backbones import build_backbone
+from vfm_lab.methods.clip import ClipModel, symmetric_infonce
+from vfm_lab.methods.clip_mim import ClipTargetMIM
+from vfm_lab.methods.flip import FLIP
+from vfm_lab.methods.lit import LiT
+from vfm_lab.methods.slip import SLIP
+from vfm_lab.methods.unicl import PROMPT, UniCL, unicl_loss, unify
+
+CAPTIONS = ["a red circle", "a blue square", "a green star", "a white heart"]
+
+
+def batch(n=4, size=32):
+    return {"image": torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(1)),
+            "index": torch.arange(n)}
+
+
+# ---- UniCL ---------------------------------------------------------------------------------------------
+def unicl_paper(logits, labels):
+    """UniCL eq. 2-4 term by term: each query's mean log-softmax over the pairs that share its label,
+    image-to-text and text-to-image, averaged."""
+    def one_way(s):
+        rows = []
+        for i in range(len(labels)):
+            positives = [k for k in range(len(labels)) if labels[k] == labels[i]]
+            rows.append(-sum(F.log_softmax(s[i], 0)[k] for k in positives) / len(positives))
+        return torch.stack(rows).mean()
+    return (one_way(logits) + one_way(logits.T)) / 2
+
+
+@pytest.mark.parametrize("labels", [[0, 1, 2, 3, 4, 5], [0, 0, 1, 1, 1, 2], [3, 3, 3, 3, 3, 3]])
+def test_the_unicl_loss_is_the_paper_formula(labels):
+    logits = torch.randn(6, 6, generator=torch.Generator().manual_seed(0)) * 3
+    torch.testing.assert_close(unicl_loss(logits, torch.tensor(labels)), unicl_paper(logits, labels))
+
+
+def test_with_captions_only_unicl_is_clip():
+    image, text = F.normalize(torch.randn(8, 16), dim=1), F.normalize(torch.randn(8, 16), dim=1)
+    scale = torch.tensor(14.3)
+    torch.testing.assert_close(unicl_loss(scale * image @ text.T, torch.arange(8)),
+                               symmetric_infonce(image, text, scale))
+
+
+def test_unify_gives_prompts_to_labelled_images_and_own_labels_to_captions():
+    texts, labels = unify(["a red circle", None, None, "two squares"], [0, 1, 1, 1], ["circle", "square"])
+    assert texts == ["a red circle", PROMPT.format("square"), PROMPT.format("square"), "two squares"]
+    assert labels.tolist() == [2, 1, 1, 5]  # captions: num_classes + index, shared by no other image
+    with pytest.raises(ValueError, match="3 captions for 2 labels"):
+        unify(["a", "b", "c"], [0, 1], ["circle", "square"])
+
+
+def test_the_unicl_model_trains_both_towers_on_the_shared_label_loss():
+    torch.manual_seed(0)
+    texts, labels = unify([None, None, "a green star", None], [0, 0, 1, 1], ["circle", "star"])
+    model = UniCL(build_backbone("convnet-s", 3, 32), texts, labels, embed_dim=16).eval()
+    b = batch()
+    out = model(b)
+    expected = unicl_loss(model.logit_scale.exp() * model.encode_image(b["image"]) @ model.encode_text(texts).T,
+                          labels)
+    torch.testing.assert_close(out["loss"], expected)
+    out["loss"].backward()
+    assert model.image_proj.weight.grad.abs().sum() > 0 and model.text.token_embedding.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="3 labels for 4 texts"):
+        UniCL(build_backbone("convnet-s", 3, 32), texts, labels[:3])
+
+
+# ---- SLIP ----------------------------------------------------------------------------------------------
+def test_slip_adds_lambda_times_simclr_on_the_same_backbone():
+    torch.manual_seed(0)
+    slip = SLIP(build_backbone("convnet-s", 3, 32), CAPTIONS, ssl_scale=0.5, embed_dim=16, ssl_proj_dim=8)
+    assert slip.ssl.backbone is slip.backbone  # one image tower, two losses
+    assert len(list(slip.parameters())) == len({id(p) for p in slip.parameters()})  # each weight once
+    out = slip(batch())
+    torch.testing.assert_close(out["loss"], out["clip_loss"] + 0.5 * out["ssl_loss"])
+    assert out["ssl_loss"] > 0 and out["clip_loss"] > 0
+    out["loss"].backward()
+    assert slip.ssl.projector[0].weight.grad.abs().sum() > 0 and slip.text.token_embedding.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="ssl_scale=-1"):
+        SLIP(build_backbone("convnet-s", 3, 32), CAPTIONS, ssl_scale=-1)
+
+
+# ---- FLIP ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("drop,kept", [(0.0, 64), (0.5, 32), (0.75, 16)])
+def test_flip_encodes_the_kept_share_of_the_patches(drop, kept):
+    torch.manual_seed(0)
+    flip = FLIP(build_backbone("vit-nano", 3, 32), CAPTIONS, patch_drop=drop, embed_dim=16)
+    assert flip.visible_tokens(batch()["image"]).shape == (4, kept, flip.backbone.embed_dim)
+
+
+def test_flip_sees_every_patch_at_test_time_and_with_no_drop():
+    torch.manual_seed(0)
+    flip = FLIP(build_backbone("vit-nano", 3, 32), CAPTIONS, patch_drop=0.5, embed_dim=16)
+    x = batch()["image"]
+    full = ClipModel.encode_image(flip, x)  # the plain tower on every patch
+    torch.testing.assert_close(flip.eval().encode_image(x), full)
+    assert not torch.allclose(flip.train().encode_image(x), full)  # half the patches: another embedding
+    flip.patch_drop = 0.0  # the unmasking tuning
+    torch.testing.assert_close(flip.encode_image(x), ClipModel.encode_image(flip, x))
+    with pytest.raises(ValueError, match="'convnet-s'"):
+        FLIP(build_backbone("convnet-s", 3, 32), CAPTIONS)
+    with pytest.raises(ValueError, match="mask_ratio=1.0"):
+        FLIP(build_backbone("vit-nano", 3, 32), CAPTIONS, patch_drop=1.0)
+
+
+# ---- LiT -----------------------------------------------------------------------------------------------
+def test_lit_trains_the_text_tower_and_leaves_the_image_tower_as_it_was():
+    torch.manual_seed(0)
+    tower = build_backbone("convnet-s", 3, 32)
+    before = {k: v.clone() for k, v in tower.state_dict().items()}  # weights and BatchNorm statistics
+    lit = LiT(tower, CAPTIONS).train()
+    out = lit(batch())
+    out["loss"].backward()
+    assert all(p.grad is None for p in lit.backbone.parameters())
+    assert lit.text.token_embedding.weight.grad.abs().sum() > 0 and lit.logit_scale.grad is not None
+    for k, v in lit.backbone.state_dict().items():
+        torch.testing.assert_close(v, before[k], msg=k)
+    x = batch()["image"]
+    torch.testing.assert_close(lit.encode_image(x), F.normalize(tower.eval()(x), dim=-1))  # the tower's feature
+    with pytest.raises(ValueError, match="embed_dim=16"):
+        LiT(build_backbone("convnet-s", 3, 32), CAPTIONS, embed_dim=16)
+    with pytest.raises(ValueError, match="minilm-locked"):
+        LiT(build_backbone("convnet-s", 3, 32), CAPTIONS, text_tower="minilm-locked")
+
+
+# ---- MIM with CLIP targets -----------------------------------------------------------------------------
+@pytest.mark.parametrize("teacher", ["convnet-s", "vit-nano"])
+def test_clip_targets_give_one_teacher_feature_per_student_patch(teacher):
+    torch.manual_seed(0)
+    t = build_backbone(teacher, 3, 32)
+    mim = ClipTargetMIM(build_backbone("vit-nano", 3, 32), t)
+    x = batch()["image"]
+    target = mim.targets(x)
+    assert target.shape == (4, 64, t.embed_dim)
+    if teacher == "vit-nano":  # the same grid: the teacher's own patch tokens
+        torch.testing.assert_close(target, t.eval().forward_tokens(x))
+
+
+def test_the_cosine_loss_counts_the_masked_patches_only_and_the_teacher_stays_frozen():
+    torch.manual_seed(0)
+    mim = ClipTargetMIM(build_backbone("vit-nano", 3, 32), build_backbone("convnet-s", 3, 32))
+    pred, target = torch.randn(2, 64, 128), torch.randn(2, 64, 128)
+    mask = (torch.rand(2, 64) < 0.4).float()
+    cos = F.cosine_similarity(pred, target, dim=-1)
+    torch.testing.assert_close(mim.loss(pred, target, mask), (1 - cos)[mask.bool()].mean())
+    torch.testing.assert_close(mim.loss(target * 3, target, mask), torch.tensor(0.0), atol=1e-6, rtol=0)
+    mim.train()(batch())["loss"].backward()
+    assert not mim.teacher.training and all(p.grad is None for p in mim.teacher.parameters())
+    assert mim.head.weight.grad.abs().sum() > 0 and mim.mask_token.grad.abs().sum() > 0
+
+
+def test_clip_target_mim_refuses_a_teacher_of_other_images_and_unknown_losses():
+    with pytest.raises(ValueError, match="1-channel 32-px"):
+        ClipTargetMIM(build_backbone("vit-nano", 3, 32), build_backbone("convnet-s", 1, 32))
+    with pytest.raises(ValueError, match="loss='l2'.*cosine, smooth_l1"):
+        ClipTargetMIM(build_backbone("vit-nano", 3, 32), build_backbone("convnet-s", 3, 32), loss="l2")
+
+
+# ---- models across chapters ----------------------------------------------------------------------------
+def test_weights_from_another_chapter_load_when_the_settings_agree_and_are_refused_by_name_otherwise(tmp_path):
+    from vfm_lab.config import SupervisedConfig
+    from vfm_lab.data import load
+    from vfm_lab.jobs import build_supervised, train, weights_from
+    from vfm_lab.results import save_results
+
+    def config(chapter_dir, **kw):
+        return SupervisedConfig.from_params(scale="smoke", n_train=64, n_test=32, epochs=1, batch_size=32,
+                                            out_dir=str(tmp_path / chapter_dir / "run"), **kw)
+
+    cfg = config("01_supervised")
+    data = load("shapes", "train", n=64, image_size=32, seed=0)
+    trained = build_supervised(cfg, data)
+    train(cfg, trained, "ce", data, progress=False)
+    save_results(cfg.out_dir, {"chapter": cfg.CHAPTER, "config": cfg.to_dict(), "ce": {"test_acc": 0.5}})
+
+    here = config("06_synergy")  # another chapter of the same runs folder, the same settings
+    fresh = build_supervised(here, data)
+    loaded, line = weights_from("01_supervised", "ce", here, fresh)
+    assert loaded and "01_supervised/run/ce/checkpoint.pt" in line
+    for a, b in zip(fresh.state_dict().values(), trained.state_dict().values()):
+        torch.testing.assert_close(a, b)
+
+    other = config("06_synergy", seed=1)
+    loaded, line = weights_from("01_supervised", "ce", other, build_supervised(other, data))
+    assert not loaded and "refused" in line and "seed=0" in line and "seed=1" in line
+    loaded, line = weights_from("01_supervised", "cosface", here, build_supervised(here, data))
+    assert not loaded and "no finished run of 01_supervised" in line
