@@ -456,3 +456,15 @@ def test_finetune_draws_the_head_from_its_seed_not_from_the_callers_random_state
         runs.append(finetune(backbone, data, data, epochs=1, batch_size=16, seed=3, device="cpu", precision="fp32",
                              progress=False)["model"])
     assert torch.equal(runs[0].head.fc.weight, runs[1].head.fc.weight)
+
+
+def test_the_budget_grid_plans_the_lab_preset_at_twice_and_four_times_its_epochs(tmp_path):
+    """`vfm-lab run 05 --grid sweeps/05_mim_budget.yaml -p scale=lab` (minutes per run: not run here); its plan,
+    validated as the runner does first, and what section 8 of the notebook reads back (`grid_runs` on epochs)."""
+    from tests.test_distributed import ROOT
+    from vfm_lab.cli import expand_grid, plan_runs
+
+    plans = plan_runs(["05_mim"], {"scale": "lab"}, expand_grid(ROOT / "sweeps" / "05_mim_budget.yaml"), tmp_path)
+    lab = MIMConfig.from_params(scale="lab").epochs
+    assert [params["epochs"] for _, params, _ in plans] == [2 * lab, 4 * lab]
+    assert all(set(params) == {"scale", "epochs"} for _, params, _ in plans)  # nothing else differs from the run
