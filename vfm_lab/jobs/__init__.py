@@ -16,7 +16,8 @@ from vfm_lab.jobs.clip import (CLIP_VARIANTS, ICON_BATCH, TABLE_KEYS, build_clip
                                clip_metrics, clip_splits, compare_clip, fashion_zero_shot, format_table, icon_sets,
                                shapes_templates, table_row, train_clip, train_icons)
 from vfm_lab.jobs.common import (SAME_TRAINING, Run, embed_two_views, fresh_backbone, load_splits, on_available_data,
-                                 pretrain, random_init_baseline, supervised_augment, train, weights_from)
+                                 pretrain, random_init_baseline, shapes_half, supervised_augment, train,
+                                 weights_from)
 from vfm_lab.jobs.mim import (MIM_METHODS, build_mim, finetune_low_label, mean_patch_probe, probe_and_finetune, probes,
                               train_mim)
 from vfm_lab.jobs.ssl import (NON_CONTRASTIVE, build_contrastive, build_non_contrastive, contrastive_views,

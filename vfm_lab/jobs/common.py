@@ -33,7 +33,7 @@ def load_splits(cfg: TrainConfig) -> tuple[ImageSet, ImageSet]:
 
 def on_available_data(cfg: TrainConfig) -> tuple[TrainConfig, str]:
     """``cfg`` and a line that names its data set; where ``cfg.dataset`` is the chapter's default real set
-    and this machine lacks it, ``cfg`` on ``shapes`` instead and a line that says so (chapters 03 and 04
+    and this machine lacks it, ``cfg`` on ``shapes`` instead and a line that says so (chapters 03 to 05
     measure their headline on Fashion-MNIST, and fall back rather than stop). A set the user chose is
     not replaced: its loader says what is missing."""
     default = next(f.default for f in dataclasses.fields(cfg) if f.name == "dataset")
@@ -47,6 +47,20 @@ def on_available_data(cfg: TrainConfig) -> tuple[TrainConfig, str]:
                 f"images) needs {cfg.dataset}; on shapes it measures the shape class, which the scenes' colours "
                 f"crowd out")
     return cfg, f"data: {cfg.dataset}"
+
+
+def shapes_half(cfg: Any) -> Any:
+    """The config of the part of a chapter that trains on ``shapes`` (03's and 04's second half, 05's
+    pictures): ``cfg.shapes_n_train`` scenes (0: ``cfg.n_train``) for ``cfg.shapes_epochs``, into
+    ``out_dir/shapes``.
+
+    >>> from vfm_lab.config import NonContrastiveConfig
+    >>> half = shapes_half(NonContrastiveConfig.from_params(scale="lab", out_dir="runs/04"))
+    >>> half.dataset, half.n_train, half.epochs, half.out_dir
+    ('shapes', 2000, 1, 'runs/04/shapes')
+    """
+    return dataclasses.replace(cfg, dataset="shapes", n_train=cfg.shapes_n_train or cfg.n_train,
+                               epochs=cfg.shapes_epochs, out_dir=f"{cfg.out_dir}/shapes")
 
 
 def supervised_augment(size: int) -> Augment:

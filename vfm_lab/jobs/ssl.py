@@ -7,9 +7,9 @@ from typing import Any, Callable
 from torch import nn
 
 from vfm_lab import augment as A
+from vfm_lab import distributed as D
 from vfm_lab.augment import Augment
 from vfm_lab.backbones import Backbone
-from vfm_lab import distributed as D
 from vfm_lab.config import ContrastiveConfig, NonContrastiveConfig, SupervisedConfig, TrainConfig
 from vfm_lab.evaluate import evaluate_backbone, write_results
 from vfm_lab.jobs.common import load_splits, on_available_data, pretrain, random_init_baseline, train
