@@ -89,3 +89,14 @@ def test_a_dying_rank_stops_the_other_without_an_agent(tmp_path):
     assert "rank 0 stopped after" in outs[0]
     assert "PeerStoppedError: rank 1 stopped (or stopped answering) while rank 0 of 2 waited" in outs[0]  # one line
     assert elapsed < 150  # the process-group timeout (120 s) bounds it
+
+
+def test_chapter_06_flip_job_under_torchrun(tmp_path):
+    """`torchrun -m vfm_lab train 06 -p part=flip`: every rank times the masking ratios (the loss gathers across
+    ranks, so a benchmark on rank 0 alone would hang the other), then the FLIP runs and unmasked tunings run DDP."""
+    proc = torchrun(["-m", "vfm_lab", "train", "06", "-p", "scale=smoke", "-p", "part=flip", "-p", "n_train=64",
+                     "-p", "n_test=32", "-p", "batch_size=32", "-p", f"out_dir={tmp_path / 'run'}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert {"flip-0", "flip-50", "flip-75", "flip-50-unmasked", "flip-75-unmasked"} <= set(results)
+    assert results["flip-75"]["world_size"] == 2 and results["flip-75"]["pairs_per_s"] > 0

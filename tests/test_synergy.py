@@ -280,3 +280,37 @@ def test_a_mim_student_learns_to_predict_its_teachers_features_of_hidden_patches
     before = held_out_loss()
     fit(mim, train, epochs=6, batch_size=64, lr=1.5e-3, device="cpu", precision="fp32", progress=False)
     below("clip_mim: held-out cosine loss after / before", held_out_loss() / before, 0.7)
+
+
+# ---- chapter 06's job ------------------------------------------------------------------------------------------
+def test_the_synergy_config_refuses_what_the_chapter_cannot_measure():
+    from vfm_lab.config import ConfigError, SynergyConfig
+
+    with pytest.raises(ConfigError, match="text_tower='minilm-locked'.*scratch-s"):
+        SynergyConfig.from_params(text_tower="minilm-locked")
+    with pytest.raises(ConfigError, match="finetune_n_train=600 is more than n_train=384"):
+        SynergyConfig.from_params(finetune_n_train=600)
+    with pytest.raises(ConfigError, match="image_size=34 is not divisible by the patch size 4 of vit='vit-nano'"):
+        SynergyConfig.from_params(image_size=34)
+    with pytest.raises(ConfigError, match="dataset='cifar10' is not valid; choose one of 'shapes'"):
+        SynergyConfig.from_params(dataset="cifar10")
+
+
+def test_lit_locks_a_tower_trained_here_when_chapter_01_has_none_and_says_so(tmp_path):
+    from vfm_lab.config import SynergyConfig
+    from vfm_lab.jobs import build_pair_model, clip_splits, supervised_tower, unicl_texts
+
+    cfg = SynergyConfig.from_params(n_train=64, n_test=32, batch_size=32, finetune_n_train=32, label_share=0.25,
+                                    out_dir=str(tmp_path / "06_synergy" / "run"))
+    train, *_ = clip_splits(cfg)
+    tower, line = supervised_tower(cfg, train)
+    assert "no finished run of 01_supervised" in line and "trained here instead: 1 epoch(s)" in line
+    assert (tmp_path / "06_synergy" / "run" / "tower" / "checkpoint.pt").exists()
+    lit = build_pair_model(cfg, train, "lit", tower)
+    assert not any(p.requires_grad for p in lit.backbone.parameters()) and lit.image_proj(torch.ones(2)).tolist() == [1.0, 1.0]
+    texts, labels = unicl_texts(cfg, train)  # a quarter labelled: class prompts and class labels first
+    assert texts[:16] == [f"a photo of a {train.classes[y]}." for y in train.labels[:16].tolist()]
+    assert labels[:16].tolist() == train.labels[:16].tolist() and texts[16:] == list(train.captions[16:])
+    assert labels[16:].tolist() == list(range(train.num_classes + 16, train.num_classes + 64))
+    with pytest.raises(ValueError, match="model='siglip' is not one of chapter 06's two-tower models"):
+        build_pair_model(cfg, train, "siglip")

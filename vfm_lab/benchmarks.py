@@ -35,7 +35,7 @@ from vfm_lab.jobs import supervised_augment
 from vfm_lab.methods.mae import MAE
 from vfm_lab.methods.simmim import SimMIM
 from vfm_lab.methods.supervised import Classifier
-from vfm_lab.runtime import autocast, resolve_precision
+from vfm_lab.runtime import autocast, resolve_precision, train_steps_per_second
 
 BATCH, SIZE, STEPS = 128, 32, 30
 
@@ -249,18 +249,6 @@ def bench_ssl(methods: tuple[str, ...] = ("simclr", "byol", "dino"), repeats: in
 
 
 # ---- MAE against SimMIM ----------------------------------------------------------------------
-def _mim_steps_per_second(method: nn.Module, batch: dict, steps: int, dtype: torch.dtype) -> float:
-    optimizer = torch.optim.AdamW(method.parameters(), lr=1e-4)
-    start = time.perf_counter()
-    for _ in range(steps):
-        with autocast(torch.device("cpu"), dtype):
-            loss = method(batch)["loss"]
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return steps / (time.perf_counter() - start)
-
-
 @torch.no_grad()
 def _mim_encoder_per_second(method: nn.Module, images: torch.Tensor, steps: int, dtype: torch.dtype) -> float:
     start = time.perf_counter()
@@ -285,10 +273,10 @@ def bench_mim(backbone: str = "vit-nano", batch_size: int = 128, steps: int = 10
     step = {name: 0.0 for name in methods}
     encoder = {name: 0.0 for name in methods}
     for name, method in methods.items():  # warm-up: allocator, kernels
-        _mim_steps_per_second(method, batch, 2, dtype)
+        train_steps_per_second(method, batch, 2, dtype)
     for _ in range(repeats):
         for name, method in methods.items():
-            step[name] = max(step[name], batch_size * _mim_steps_per_second(method, batch, steps, dtype))
+            step[name] = max(step[name], batch_size * train_steps_per_second(method, batch, steps, dtype))
             encoder[name] = max(encoder[name],
                                 batch_size * _mim_encoder_per_second(method, batch["image"], steps, dtype))
     return {"mae_train_images_per_s": step["mae"], "simmim_train_images_per_s": step["simmim"],

@@ -226,6 +226,13 @@ def check_patches(cfg: TrainConfig, field: str) -> None:
                           f"choose a multiple of {p} (for example {size // p * p} or {size // p * p + p})")
 
 
+def check_finetune_n_train(cfg: Any) -> None:
+    """The labelled images of the probes and fine-tuning are the first of the training set: no more than it has."""
+    if cfg.finetune_n_train > cfg.n_train > 0:
+        raise ConfigError(f"finetune_n_train={cfg.finetune_n_train} is more than n_train={cfg.n_train}; the probes and "
+                          f"fine-tuning use the first images of the training set: choose at most {cfg.n_train}")
+
+
 @dataclass
 class TourConfig(TrainConfig):
     """Chapter 00: the data, the engine, the evaluations, scaling with papermill."""
@@ -266,7 +273,35 @@ class SupervisedConfig(TrainConfig):
 
 
 @dataclass
-class ClipConfig(TrainConfig):
+class TwoTowerConfig(TrainConfig):
+    """What the image-text chapters (02, 06) share: image-caption pairs and the text tower of
+    :class:`~vfm_lab.methods.clip.ClipModel`."""
+
+    dataset: str = param("shapes", "the image-caption pairs to train on (the other data sets have no captions)",
+                         choices=("shapes", *ICON_SETS))
+    batch_size: int = param(128, "image-caption pairs per step and process: each image's caption is told apart from "
+                            "the batch's other captions, so at least 2", min=2)
+    lr: float = param(1e-3, "peak AdamW learning rate after warm-up", min=MIN_LR)
+    weight_decay: float = param(0.1, "AdamW weight decay (not on biases, norms and the temperature)", min=0.0)
+    text_tower: str = param("scratch-s", "scratch-s / scratch-b: an open_clip text transformer trained from scratch "
+                            "(CPU / GPU size); minilm-locked: pretrained all-MiniLM-L6-v2, frozen (the reverse of LiT, "
+                            "which locks the image tower)",
+                            choices=("scratch-s", "scratch-b", "minilm-locked"))
+    embed_dim: int = param(128, "size of the joint image-text embedding", min=8)
+    context_length: int = param(32, "text tokens per caption (shapes captions need at most 31)", min=8, max=77)
+    init_temperature: float = param(0.07, "starting softmax temperature T = 1 / exp(logit_scale), learned (CLIP: 0.07)",
+                                    min=0.01, max=1.0)
+    local_loss: bool = param(True, "under DDP: each rank scores its own images against all gathered texts (open_clip "
+                             "local_loss), instead of every rank computing the whole global matrix")
+
+    def tower_kwargs(self) -> dict[str, Any]:
+        """The arguments of :class:`~vfm_lab.methods.clip.ClipModel` that this config sets."""
+        return dict(text_tower=self.text_tower, embed_dim=self.embed_dim, context_length=self.context_length,
+                    init_temperature=self.init_temperature, local_loss=self.local_loss)
+
+
+@dataclass
+class ClipConfig(TwoTowerConfig):
     """Chapter 02: language supervision -- CLIP, SigLIP, a locked pretrained text tower, zero-shot, retrieval."""
 
     CHAPTER: ClassVar[str] = "02_clip"
@@ -278,24 +313,12 @@ class ClipConfig(TrainConfig):
         "full": dict(n_train=100000, n_test=5000, epochs=30, batch_size=512, backbone="resnet18",
                      text_tower="scratch-b", embed_dim=256, compare_epochs=30, scaling_epochs=5, icon_epochs=30),
     }
-    dataset: str = param("shapes", "the image-caption pairs to train on (the other data sets have no captions)",
-                         choices=("shapes", *ICON_SETS))
-    batch_size: int = param(128, "image-caption pairs per step and process: each image's caption is told apart from "
-                            "the batch's other captions, so at least 2", min=2)
-    lr: float = param(1e-3, "peak AdamW learning rate after warm-up", min=MIN_LR)
-    weight_decay: float = param(0.1, "AdamW weight decay (not on biases, norms and the temperature)", min=0.0)
     loss: str = param("clip", "clip: softmax over the batch (InfoNCE); siglip: a sigmoid per image-text pair",
                       choices=("clip", "siglip"))
-    text_tower: str = param("scratch-s", "scratch-s / scratch-b: an open_clip text transformer trained from scratch "
-                            "(CPU / GPU size); minilm-locked: pretrained all-MiniLM-L6-v2, frozen (the reverse of LiT, "
-                            "which locks the image tower)",
-                            choices=("scratch-s", "scratch-b", "minilm-locked"))
-    embed_dim: int = param(128, "size of the joint image-text embedding", min=8)
-    context_length: int = param(32, "text tokens per caption (shapes captions need at most 31)", min=8, max=77)
-    init_temperature: float = param(0.07, "starting softmax temperature T = 1 / exp(logit_scale), learned (CLIP: 0.07)",
-                                    min=0.01, max=1.0)
-    local_loss: bool = param(True, "under DDP: each rank scores its own images against all gathered texts (open_clip "
-                             "local_loss), instead of every rank computing the whole global matrix")
+
+    def tower_kwargs(self) -> dict[str, Any]:
+        return {**super().tower_kwargs(), "loss": self.loss}
+
     compare_epochs: int = param(1, "epochs of each run in the CLIP vs SigLIP vs locked-MiniLM comparison", min=1)
     scaling_epochs: int = param(1, "epochs of the smallest batch in the batch-size experiment; a batch k times larger "
                                 "trains k times the epochs, so every run takes the same steps", min=1)
@@ -410,9 +433,7 @@ class MIMConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.finetune_n_train > self.n_train > 0:
-            raise ConfigError(f"finetune_n_train={self.finetune_n_train} is more than n_train={self.n_train}; "
-                              f"fine-tuning uses the first images of the training set: choose at most {self.n_train}")
+        check_finetune_n_train(self)
         grid = self.image_size // DEFAULT_PATCH_SIZE  # patches a side (check_patches: it divides)
         if grid % self.mask_block:
             blocks = ", ".join(str(b) for b in range(1, grid + 1) if grid % b == 0)
@@ -502,5 +523,60 @@ class NonContrastiveConfig(TrainConfig):
                               f"crops are small views of a part of the image; choose at most {self.image_size}")
 
 
+
+@dataclass
+class SynergyConfig(TwoTowerConfig):
+    """Chapter 06: the kinds of supervision combined -- UniCL, LiT, SLIP, FLIP, masked modeling with CLIP targets."""
+
+    CHAPTER: ClassVar[str] = "06_synergy"
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "smoke": dict(n_train=384, n_test=128, epochs=1, batch_size=64, tower_epochs=1, flip_epochs=1, bench_steps=1,
+                      mim_epochs=1, finetune_epochs=1, finetune_n_train=128),
+        "lab": dict(n_train=8000, n_test=1000, epochs=3, batch_size=128, tower_epochs=5, flip_epochs=3, bench_steps=10,
+                    mim_epochs=3, finetune_epochs=20, finetune_n_train=800),
+        "full": dict(n_train=100000, n_test=5000, epochs=30, batch_size=512, backbone="resnet18", vit="vit-tiny",
+                     text_tower="scratch-b", embed_dim=256, tower_epochs=30, flip_epochs=30, bench_steps=50,
+                     mim_epochs=100, finetune_epochs=50, finetune_n_train=10000),
+    }
+    dataset: str = param("shapes", "the image-caption pairs: shapes, whose scenes also carry the class labels (UniCL, "
+                         "LiT's supervised tower) and the attributes (the probes, the held-out combinations) of every "
+                         "comparison here", choices=("shapes",))
+    part: str = param("all", "what the command-line job measures (the notebook: all): the CLIP / SLIP / UniCL table, "
+                      "LiT against a locked text tower, FLIP's masking ratios, masked modeling with CLIP targets "
+                      "against MAE", choices=("all", "compare", "lit", "flip", "mim"))
+    label_share: float = param(0.5, "UniCL: share of the training scenes that carry their shape class as a prompt "
+                               "instead of their caption (the image-label data of the union)", min=0.0, max=1.0)
+    ssl_scale: float = param(1.0, "SLIP: weight of the SimCLR loss next to CLIP's (paper 1)", min=0.0)
+    ssl_temperature: float = param(0.1, "SLIP: temperature of the SimCLR loss (paper 0.1)", min=0.01, max=10.0)
+    tower_epochs: int = param(1, "LiT: epochs of the supervised image tower trained here when no chapter 01 run with "
+                              "this run's data, size, backbone and seed is in the runs folder", min=1)
+    vit: str = param("vit-nano", "the ViT of FLIP's image tower and of the masked-modeling students",
+                     choices=("vit-nano", "vit-tiny"))
+    flip_epochs: int = param(1, "FLIP: epochs of each run, at every masking ratio", min=1)
+    unmask_epochs: int = param(1, "FLIP: epochs of the unmasked tuning at the end (every patch, the same pairs)",
+                               min=1)
+    bench_steps: int = param(5, "FLIP: training steps timed at each masking ratio, for the pairs per second", min=1)
+    mim_epochs: int = param(1, "epochs of the masked-modeling students (CLIP targets and MAE alike)", min=1)
+    mim_mask_ratio: float = param(0.4, "CLIP-target student: share of patches replaced by the mask token (BEiT v2: "
+                                  "40 %, block-wise); MAE keeps its own 75 %", min=0.05, max=0.95)
+    mim_loss: str = param("cosine", "CLIP-target student: cosine (MVP, EVA) or smooth_l1 on the unit-length features",
+                          choices=("cosine", "smooth_l1"))
+    finetune_n_train: int = param(512, "labelled scenes for the students' probes and fine-tuning, the first of the "
+                                  "training set (0 = all n_train)", min=0)
+    finetune_epochs: int = param(1, "epochs of every fine-tuning run of the students", min=1)
+    finetune_lr: float = param(2e-3, "peak learning rate of fine-tuning", min=MIN_LR)
+    layer_decay: float = param(1.0, "fine-tuning: block i of L trains at lr x layer_decay^(L - i); 1 = off",
+                               min=0.05, max=1.0)
+
+    def validate(self) -> None:
+        super().validate()
+        check_patches(self, "vit")
+        check_finetune_n_train(self)
+        if self.text_tower == "minilm-locked":
+            raise ConfigError("text_tower='minilm-locked': the chapter compares it with LiT itself; choose a text "
+                              "tower that trains (scratch-s, scratch-b)")
+
+
 CONFIGS: dict[str, type[LabConfig]] = {c.CHAPTER: c for c in (TourConfig, SupervisedConfig, ClipConfig,
-                                                               ContrastiveConfig, NonContrastiveConfig, MIMConfig)}
+                                                               ContrastiveConfig, NonContrastiveConfig, MIMConfig,
+                                                               SynergyConfig)}

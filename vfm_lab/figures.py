@@ -96,6 +96,47 @@ FIGURES: dict[str, tuple[str, dict[str, Box], list[Arrow]]] = {
          "loss": (8.8, 2.0, "L1 / MSE / CE\non the hidden\npatches", "loss")},
         [("x", "p", "mask", "grad"), ("p", "enc", "", "grad"), ("enc", "h", "", "grad"), ("h", "loss", "", "grad"),
          ("x", "tgt", "", "nograd"), ("tgt", "loss", "", "nograd")]),
+    "unicl": (
+        "UniCL: captions and class prompts in one batch; every pair with the same label is a positive",
+        {"x": (0.6, 3.2, "B images", "data"), "t": (0.6, 0.8, "B texts: captions,\nor 'a photo of\na {class}.'", "data"),
+         "fi": (3.0, 3.2, "image tower", "net"), "ft": (3.0, 0.8, "text tower", "net"),
+         "y": (5.6, 2.0, "B labels: a class,\nor one of its own\nper caption", "data"),
+         "loss": (8.4, 2.0, "softmax over the\nbatch against the\nlabel-match targets", "loss")},
+        [("x", "fi", "", "grad"), ("t", "ft", "", "grad"), ("fi", "loss", "x_i", "grad"), ("ft", "loss", "y_j", "grad"),
+         ("y", "loss", "targets", "nograd")]),
+    "slip": (
+        "SLIP: CLIP's loss on the image tower, plus SimCLR's on two more views through the same tower",
+        {"x": (0.6, 2.0, "image", "data"), "t": (0.6, 0.3, "caption", "data"),
+         "fi": (3.4, 2.0, "image tower\n(one backbone,\nthree passes)", "net"), "ft": (3.4, 0.3, "text tower", "net"),
+         "v": (0.6, 3.7, "two strong\nviews", "data"), "clip": (6.6, 0.9, "CLIP loss", "loss"),
+         "ssl": (6.6, 3.3, "SimCLR head +\nNT-Xent", "loss"), "sum": (9.0, 2.0, "CLIP\n+ scale x SimCLR", "loss")},
+        [("x", "fi", "mild crop", "grad"), ("v", "fi", "", "grad"), ("t", "ft", "", "grad"), ("fi", "clip", "", "grad"),
+         ("ft", "clip", "", "grad"), ("fi", "ssl", "", "grad"), ("clip", "sum", "", "grad"), ("ssl", "sum", "", "grad")]),
+    "lit": (
+        "LiT: a locked pre-trained image tower; only the text tower learns to read its embeddings",
+        {"x": (0.6, 3.2, "B images", "data"), "t": (0.6, 0.8, "B captions", "data"),
+         "fi": (3.0, 3.2, "image tower\n(pre-trained on\nlabels, locked)", "frozen"),
+         "ft": (3.0, 0.8, "text tower\n(from scratch)", "net"),
+         "ei": (5.6, 3.2, "its own features,\nno projection", "data"), "et": (5.6, 0.8, "text\nembeddings", "data"),
+         "loss": (8.4, 2.0, "CLIP loss", "loss")},
+        [("x", "fi", "", "nograd"), ("t", "ft", "", "grad"), ("fi", "ei", "normalise", "nograd"),
+         ("ft", "et", "normalise", "grad"), ("ei", "loss", "", "nograd"), ("et", "loss", "", "grad")]),
+    "flip": (
+        "FLIP: CLIP whose ViT image tower reads a random share of the patches; every patch at test time",
+        {"x": (0.5, 3.2, "image", "data"), "p": (2.2, 3.2, "patches", "data"),
+         "vis": (3.9, 3.2, "kept share\n(random)", "data"), "fi": (5.8, 3.2, "ViT image tower\nkept patches only", "net"),
+         "t": (2.2, 0.8, "caption", "data"), "ft": (5.8, 0.8, "text tower", "net"),
+         "loss": (8.6, 2.0, "CLIP loss", "loss")},
+        [("x", "p", "", "grad"), ("p", "vis", "drop", "grad"), ("vis", "fi", "", "grad"), ("t", "ft", "", "grad"),
+         ("fi", "loss", "", "grad"), ("ft", "loss", "", "grad")]),
+    "clip_mim": (
+        "MIM with CLIP targets: the student fills hidden blocks with the features a CLIP image tower sees there",
+        {"x": (0.6, 2.0, "image", "data"), "p": (2.4, 3.2, "patches, hidden\nblocks -> mask\ntoken", "data"),
+         "enc": (4.6, 3.2, "student (ViT)\nall patches", "net"), "h": (6.7, 3.2, "linear head", "net"),
+         "tgt": (4.6, 0.8, "teacher: CLIP\nimage tower,\nfeature per patch", "frozen"),
+         "loss": (8.8, 2.0, "1 - cosine on\nthe hidden\npatches", "loss")},
+        [("x", "p", "mask", "grad"), ("p", "enc", "", "grad"), ("enc", "h", "", "grad"), ("h", "loss", "", "grad"),
+         ("x", "tgt", "whole image", "nograd"), ("tgt", "loss", "", "nograd")]),
 }
 
 

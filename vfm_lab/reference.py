@@ -46,6 +46,8 @@ CHAPTERS = {
                            "collapse ablations, DINO attention maps"),
     "05_mim": ("2.4", "masked patches: MAE, SimMIM, MaskFeat (HOG), BEiT (visual tokens) on Fashion-MNIST; "
                       "probes and fine-tuning with a tenth of the labels"),
+    "06_synergy": ("2.5", "supervision combined: UniCL, SLIP, LiT against a locked text tower, FLIP's masking ratios, "
+                          "masked modeling with CLIP targets against MAE"),
 }
 # The one number per chapter the README's table shows: (entry, column, baseline entry or None).
 README_HEADLINE = {
@@ -55,6 +57,7 @@ README_HEADLINE = {
     "03_contrastive": ("simclr", "linear_acc", "random_init"),
     "04_non_contrastive": ("byol", "linear_acc", "random_init"),
     "05_mim": ("mae", "finetune_acc", "scratch"),
+    "06_synergy": ("slip", "zs_heldout_acc", "clip"),
 }
 
 

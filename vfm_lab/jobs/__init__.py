@@ -3,7 +3,7 @@
 A job is the chapter's main training run without the narration: load the data the
 config names, build the method, train it with the engine, evaluate the backbone, and
 write ``results.json``. The notebooks walk through the same steps one cell at a time.
-One module per chapter (``supervised``, ``clip``, ``ssl`` for 03 and 04, ``mim``) on top
+One module per chapter (``supervised``, ``clip``, ``ssl`` for 03 and 04, ``mim``, ``synergy``) on top
 of ``common`` (data splits, :func:`train`, the one way to train a method on a config, and the shared
 self-supervised :func:`pretrain`); every name is
 importable from ``vfm_lab.jobs``.
@@ -23,9 +23,13 @@ from vfm_lab.jobs.mim import (MIM_METHODS, build_mim, finetune_low_label, mean_p
 from vfm_lab.jobs.ssl import (NON_CONTRASTIVE, build_contrastive, build_non_contrastive, contrastive_views,
                               supervised_reference, train_contrastive, train_non_contrastive, tuned_views)
 from vfm_lab.jobs.supervised import build_supervised, train_supervised
+from vfm_lab.jobs.synergy import (COMPARE, FLIP_DROPS, LIT_ROWS, MIM_KEYS, PAIR_MODELS, SYNERGY_KEYS, build_pair_model,
+                                  compare_supervision, flip_masking, flip_model, flip_throughput, lit_vs_locked_text,
+                                  mim_students, supervised_tower, synergy_job, synergy_table, train_pair, unicl_texts)
 
 JOBS: dict[str, Callable[[Any], dict[str, Any]]] = {"01_supervised": train_supervised,
                                                     "02_clip": clip_job,
                                                     "03_contrastive": train_contrastive,
                                                     "04_non_contrastive": train_non_contrastive,
-                                                    "05_mim": train_mim}
+                                                    "05_mim": train_mim,
+                                                    "06_synergy": synergy_job}

@@ -3,14 +3,14 @@ the icon sets."""
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from vfm_lab import distributed as D
 from vfm_lab.augment import Augment
 from vfm_lab.backbones import build_backbone
-from vfm_lab.config import ClipConfig
+from vfm_lab.config import ClipConfig, TwoTowerConfig
 from vfm_lab.data import DataMissingError, ImageSet, load
 from vfm_lab.data.icons import ICON_SETS
 from vfm_lab.evaluate import evaluate_backbone, retrieval_recall, write_results
@@ -33,13 +33,10 @@ def shapes_templates(colours: bool = False) -> tuple[str, ...]:
     return tuple(f"a {w} {{}} on a {bg} background" for w in words for bg in BACKGROUNDS)
 
 
-def build_clip(cfg: ClipConfig, train: ImageSet, **overrides: Any) -> ClipModel:
+def build_clip(cfg: TwoTowerConfig, train: ImageSet, **overrides: Any) -> ClipModel:
     """A fresh backbone and the ``ClipModel`` the config describes (``overrides``: loss, text_tower, ...)."""
-    kw = dict(loss=cfg.loss, text_tower=cfg.text_tower, embed_dim=cfg.embed_dim, context_length=cfg.context_length,
-              init_temperature=cfg.init_temperature, local_loss=cfg.local_loss)
-    kw.update(overrides)
     return ClipModel(build_backbone(cfg.backbone, train.channels, train.image_size), train.captions,
-                     augment=clip_augment(train.image_size), **kw)
+                     augment=clip_augment(train.image_size), **{**cfg.tower_kwargs(), **overrides})
 
 
 def clip_metrics(model: ClipModel, test: ImageSet, heldout: ImageSet | None = None) -> dict[str, float]:
@@ -75,7 +72,7 @@ def clip_metrics(model: ClipModel, test: ImageSet, heldout: ImageSet | None = No
     return out
 
 
-def clip_splits(cfg: ClipConfig) -> tuple[ImageSet, ImageSet, ImageSet]:
+def clip_splits(cfg: TwoTowerConfig) -> tuple[ImageSet, ImageSet, ImageSet]:
     """Train and test image-caption pairs at ``cfg.image_size``, and the zero-shot set: on ``shapes``
     test scenes whose main (shape, colour) never occurs in training, on the icon sets the test images
     of the held-out categories."""
@@ -85,22 +82,24 @@ def clip_splits(cfg: ClipConfig) -> tuple[ImageSet, ImageSet, ImageSet]:
             load(cfg.dataset, "test", n=cfg.n_test or None, holdout=True, **kw))
 
 
-def train_clip(cfg: ClipConfig, name: str = "clip", epochs: int | None = None, batch_size: int | None = None,
-               n_train: int | None = None, **overrides: Any) -> Run:
-    """The chapter's main run: CLIP (or the model ``overrides``: loss, text_tower, ...) on the captions
-    of ``cfg.dataset`` (the first ``n_train`` pairs, default all) for ``epochs`` at ``batch_size`` (default:
-    the config's) into ``cfg.out_dir/name`` (a rerun resumes), then retrieval, zero-shot and the
-    frozen-backbone probes; the metrics go to ``results.json`` under ``name``. Returns the
+def train_clip(cfg: TwoTowerConfig, name: str = "clip", epochs: int | None = None, batch_size: int | None = None,
+               n_train: int | None = None, make_model: Callable[[ImageSet], ClipModel] | None = None,
+               **overrides: Any) -> Run:
+    """The chapter's main run: CLIP (or the model ``overrides``: loss, text_tower, ...; or the two-tower model
+    ``make_model`` builds for the training pairs: chapter 06's) on the captions of ``cfg.dataset`` (the first
+    ``n_train`` pairs, default all) for ``epochs`` at ``batch_size`` (default: the config's) into
+    ``cfg.out_dir/name`` (a rerun resumes), then retrieval, zero-shot and the frozen-backbone probes (on
+    ``shapes``, one per attribute too); the metrics go to ``results.json`` under ``name``. Returns the
     :class:`~vfm_lab.jobs.common.Run` (its metrics ``{}`` on ranks other than 0)."""
     train_set, test, heldout = clip_splits(cfg)
     train_set = train_set.subset(slice(0, n_train)) if n_train else train_set
     seed_everything(cfg.seed)
-    model = build_clip(cfg, train_set, **overrides)
+    model = make_model(train_set) if make_model is not None else build_clip(cfg, train_set, **overrides)
     run = train(cfg, model, name, train_set, epochs=epochs or cfg.epochs, batch_size=batch_size or cfg.batch_size)
     if not D.is_main():
         return Run(model, run.result, {})
     run.metrics.update(final_temperature=1 / model.logit_scale.exp().item(), **clip_metrics(model, test, heldout),
-                       **evaluate_backbone(model.backbone, train_set, test, attributes=False))
+                       **evaluate_backbone(model.backbone, train_set, test))
     if cfg.dataset in ICON_SETS:  # a model that has read names of things: does it transfer to garments?
         try:
             run.metrics.update(fashion_zero_shot(model, n=cfg.fmnist_n_test or None, seed=cfg.seed))
@@ -135,9 +134,9 @@ TABLE_KEYS = ("t2i_R@1", "i2t_R@1", "retrieval_chance_R@1", "zs_class_acc", "zs_
 ICON_BATCH = 64  # the icon sets hold 1,234-2,636 training pairs: smaller batches, more steps
 
 
-def table_row(metrics: dict[str, float]) -> dict[str, float]:
-    """The columns of the chapter's comparison tables that ``metrics`` has."""
-    return {k: metrics[k] for k in TABLE_KEYS if k in metrics}
+def table_row(metrics: dict[str, float], keys: tuple[str, ...] = TABLE_KEYS) -> dict[str, float]:
+    """The columns ``keys`` (default: this chapter's comparison tables') that ``metrics`` has."""
+    return {k: metrics[k] for k in keys if k in metrics}
 
 
 def compare_clip(cfg: ClipConfig) -> dict[str, dict[str, float]]:
