@@ -95,7 +95,7 @@ def test_chapter_06_flip_job_under_torchrun(tmp_path):
     """`torchrun -m vfm_lab train 06 -p part=flip`: every rank times the masking ratios (the loss gathers across
     ranks, so a benchmark on rank 0 alone would hang the other), then the FLIP runs and unmasked tunings run DDP."""
     proc = torchrun(["-m", "vfm_lab", "train", "06", "-p", "scale=smoke", "-p", "part=flip", "-p", "n_train=64",
-                     "-p", "n_test=32", "-p", "batch_size=32", "-p", f"out_dir={tmp_path / 'run'}"], tmp_path)
+                     "-p", "n_test=32", "-p", "finetune_n_train=32", "-p", "batch_size=32", "-p", f"out_dir={tmp_path / 'run'}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert {"flip-0", "flip-50", "flip-75", "flip-50-unmasked", "flip-75-unmasked"} <= set(results)
