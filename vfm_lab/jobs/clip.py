@@ -16,6 +16,7 @@ from vfm_lab.data.icons import ICON_SETS
 from vfm_lab.evaluate import evaluate_backbone, retrieval_recall, write_results
 from vfm_lab.jobs.common import Run, train
 from vfm_lab.methods.clip import TEMPLATES, ClipModel, embed_images, embed_texts, zero_shot_accuracy
+from vfm_lab.methods.unicl import PROMPT
 from vfm_lab.runtime import seed_everything
 
 
@@ -41,8 +42,8 @@ def build_clip(cfg: TwoTowerConfig, train: ImageSet, **overrides: Any) -> ClipMo
 
 def clip_metrics(model: ClipModel, test: ImageSet, heldout: ImageSet | None = None) -> dict[str, float]:
     """Retrieval on the test pairs (image->text and text->image R@1/5/10, chance k / N), zero-shot
-    classification of the test images into ``test.classes``, and on ``shapes``, zero-shot
-    (colour, shape) on ``heldout``: combinations never seen as the main object in training, among
+    classification of the test images into ``test.classes`` (on ``shapes`` also from the bare prompt
+    "a photo of a {class}.", ``zs_prompt_acc``), and on ``shapes``, zero-shot (colour, shape) on ``heldout``: combinations never seen as the main object in training, among
     all 64 combinations and among the 8 held-out ones. Every accuracy comes with its chance level."""
     img, txt = embed_images(model, test.images), embed_texts(model, test.captions)  # (N, E), (N, E)
     out: dict[str, float] = {}
@@ -53,6 +54,8 @@ def clip_metrics(model: ClipModel, test: ImageSet, heldout: ImageSet | None = No
     out["zs_class_acc"] = zero_shot_accuracy(model, img, test.labels, test.classes,
                                              shapes_templates(colours=True) if test.name == "shapes" else TEMPLATES)
     out["zs_class_chance"] = 1 / test.num_classes
+    if test.name == "shapes":  # the bare class prompt, which shapes captions never use and UniCL trains on
+        out["zs_prompt_acc"] = zero_shot_accuracy(model, img, test.labels, test.classes, [PROMPT])
     held_emb = embed_images(model, heldout.images) if heldout is not None else None  # (M, E)
     if heldout is not None and "colour" not in heldout.attributes:  # held-out categories (the icon sets)
         out["zs_heldout_acc"] = zero_shot_accuracy(model, held_emb, heldout.labels, heldout.classes, templates)

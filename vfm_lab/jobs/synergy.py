@@ -39,7 +39,7 @@ COMPARE = ("clip", "slip", "unicl")  # the same image tower, budget and pairs
 LIT_ROWS = {"lit": "Lu: locked image tower", "locked-text": "uL: locked text tower", "clip": "uu: both from scratch"}
 FLIP_DROPS = (0.0, 0.5, 0.75)
 SYNERGY_KEYS = ("zs_combo_acc", "zs_combo_chance", "zs_heldout_acc", "zs_heldout_chance", "zs_class_acc",
-                "zs_class_chance", "t2i_R@1", "retrieval_chance_R@1", "linear_acc", "knn_acc", "probe_colour",
+                "zs_prompt_acc", "zs_class_chance", "t2i_R@1", "retrieval_chance_R@1", "linear_acc", "knn_acc", "probe_colour",
                 "train_seconds", "pairs_per_s")
 MIM_KEYS = ("knn_acc", "linear_acc", "linear_acc_mean_patch", "finetune_acc", "pretrain_seconds")
 
