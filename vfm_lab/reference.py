@@ -57,7 +57,7 @@ README_HEADLINE = {
     "03_contrastive": ("simclr", "linear_acc", "random_init"),
     "04_non_contrastive": ("byol", "linear_acc", "random_init"),
     "05_mim": ("mae", "finetune_acc", "scratch"),
-    "06_synergy": ("slip", "zs_heldout_acc", "clip"),
+    "06_synergy": ("mim-clip-target", "linear_acc", "mim-mae"),
 }
 
 

@@ -40,8 +40,8 @@ HEADLINES: dict[str, tuple[str, ...]] = {
                            "collapse/collapsed", "train_seconds"),
     "05_mim": ("knn_acc", "linear_acc", "linear_acc_mean_patch", "finetune_acc", "mae_loss", "mean_patch_loss",
                "pretrain_seconds"),
-    "06_synergy": ("zs_combo_acc", "zs_heldout_acc", "zs_class_acc", "t2i_R@1", "linear_acc", "probe/colour",
-                   "pairs_per_s", "linear_acc_mean_patch", "finetune_acc", "train_seconds"),
+    "06_synergy": ("zs_combo_acc", "zs_heldout_acc", "zs_class_acc", "zs_prompt_acc", "t2i_R@1", "linear_acc",
+                   "probe/colour", "pairs_per_s", "linear_acc_mean_patch", "finetune_acc", "train_seconds"),
 }
 NOT_ENTRIES = ("chapter", "scale", "config")
 
