@@ -221,6 +221,8 @@ def test_metrics_have_chance_levels_and_shapes_templates():
     m = clip_metrics(model, test, heldout)
     assert m["zs_combo_chance"] == 1 / 64 and m["zs_heldout_chance"] == 1 / 8
     assert m["retrieval_chance_R@1"] == 1 / 16
+    accuracies = [k for k in m if k.startswith("zs_") and k.endswith("_acc")]  # the notebooks print each with its chance
+    assert "zs_prompt_acc" in accuracies and all(k.replace("_acc", "_chance") in m for k in accuracies)
     assert all(0.0 <= v <= 1.0 for v in m.values())
     assert len(shapes_templates()) == 15 and len(shapes_templates(colours=True)) == 120
     assert all(t.count("{}") == 1 for t in shapes_templates(colours=True))

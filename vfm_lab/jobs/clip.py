@@ -56,6 +56,7 @@ def clip_metrics(model: ClipModel, test: ImageSet, heldout: ImageSet | None = No
     out["zs_class_chance"] = 1 / test.num_classes
     if test.name == "shapes":  # the bare class prompt, which shapes captions never use and UniCL trains on
         out["zs_prompt_acc"] = zero_shot_accuracy(model, img, test.labels, test.classes, [PROMPT])
+        out["zs_prompt_chance"] = 1 / test.num_classes
     held_emb = embed_images(model, heldout.images) if heldout is not None else None  # (M, E)
     if heldout is not None and "colour" not in heldout.attributes:  # held-out categories (the icon sets)
         out["zs_heldout_acc"] = zero_shot_accuracy(model, held_emb, heldout.labels, heldout.classes, templates)
