@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from vfm_lab import distributed as D
-from vfm_lab.backbones import Backbone, build_backbone
+from vfm_lab.backbones import Backbone
 from vfm_lab.config import SupervisedConfig, SynergyConfig
 from vfm_lab.data import ImageSet
 from vfm_lab.evaluate import write_results
@@ -32,7 +32,7 @@ from vfm_lab.methods.mae import MAE
 from vfm_lab.methods.slip import SLIP
 from vfm_lab.methods.supervised import Classifier
 from vfm_lab.methods.unicl import UniCL, unify
-from vfm_lab.runtime import resolve_device, resolve_precision, seed_everything, train_steps_per_second
+from vfm_lab.runtime import resolve_device, resolve_precision, train_steps_per_second
 
 PAIR_MODELS = ("clip", "slip", "unicl", "lit", "locked-text")
 COMPARE = ("clip", "slip", "unicl")  # the same image tower, budget and pairs
@@ -102,11 +102,16 @@ def supervised_tower(cfg: SynergyConfig, data: ImageSet) -> tuple[Backbone, str]
     return classifier.backbone, line
 
 
-def lit_vs_locked_text(cfg: SynergyConfig, scratch: Run | None = None) -> tuple[dict[str, Run], str]:
+def lit_vs_locked_text(cfg: SynergyConfig, scratch: Run | None = None,
+                       tower: Backbone | None = None) -> tuple[dict[str, Run], str]:
     """LiT (a locked supervised image tower, a text tower trained to read it) against a locked pretrained text
     tower (MiniLM, chapter 02's) with an image tower from scratch, and both from scratch (``scratch``: the CLIP
-    run, else trained here), at the same budget. Returns the runs and the line of :func:`supervised_tower`."""
-    tower, line = supervised_tower(cfg, clip_splits(cfg)[0])
+    run, else trained here), at the same budget. ``tower``: LiT's image tower, else :func:`supervised_tower`'s.
+    Returns the runs and a line that says where the tower came from."""
+    if tower is None:
+        tower, line = supervised_tower(cfg, clip_splits(cfg)[0])
+    else:
+        line = "the locked tower given"
     runs = {"lit": train_pair(cfg, "lit", backbone=tower), "locked-text": train_pair(cfg, "locked-text"),
             "clip": scratch if scratch is not None else train_pair(cfg, "clip")}
     return runs, line
