@@ -9,7 +9,7 @@ from open_clip.loss import ClipLoss, CoCaLoss
 
 from vfm_lab.backbones import build_backbone
 from vfm_lab.methods.coca import (EOT, PAD, QA_PROMPT, SOT, UNK, CoCa, Vocabulary, beam_search, greedy_decode,
-                                  hard_negatives)
+                                  hard_negatives, trim)
 
 CAPTIONS = ["a red circle", "a blue square", "a green star left of a red ring", "a white heart"]
 QA = [[("is there a circle?", "yes"), ("how many objects are there?", "1")], [], [("what shape is it?", "star")],
@@ -56,6 +56,12 @@ def test_the_loss_is_the_weighted_sum_of_open_clips_coca_loss_itm_and_the_qa_los
     assert con.item() == pytest.approx(ClipLoss()(image_emb, text_emb, model.logit_scale.exp()).item(), rel=1e-6)
 
 
+def test_a_loss_of_weight_zero_is_not_computed():
+    model = small_coca(caption_weight=0.0, qa_weight=0.0, itm_weight=0.0)  # plain CLIP on CoCa's towers
+    out = model(batch())
+    assert set(out) == {"loss", "contrastive_loss", "temperature"} and out["loss"] == out["contrastive_loss"]
+
+
 def test_the_qa_loss_counts_the_answer_tokens_only():
     model = small_coca()
     torch.manual_seed(0)
@@ -66,6 +72,14 @@ def test_the_qa_loss_counts_the_answer_tokens_only():
         assert kept[-1] == EOT and torch.equal(real[-len(kept):], kept)  # the answer and <end>, the text's tail
         assert model.vocab.decode(kept[None])[0] in {"yes", "no", "1", "star"}
         assert model.vocab.decode(real[:-len(kept)][None])[0].replace(" ", "").endswith("answer:")
+
+
+def test_trimming_the_shared_padding_leaves_every_token_state_as_it_was():
+    model = small_coca().eval()
+    ids = model.captions[[0, 3]]  # two short captions
+    short = trim(ids)
+    assert short.shape[1] < ids.shape[1] and (short[:, -1] != PAD).any()
+    assert torch.allclose(model.encode_text_ids(ids)[1][:, :short.shape[1]], model.encode_text_ids(short)[1], atol=1e-5)
 
 
 def test_the_decoder_is_causal_and_reads_the_image():
@@ -95,9 +109,9 @@ def test_hard_negatives_follow_the_softmax_of_the_similarities_and_never_pick_th
 def test_itm_scores_the_true_pairs_and_two_hard_negatives_per_pair():
     model = small_coca()
     image_emb, image_tokens = model.encode_image_tokens(batch()["image"])
-    text_emb, _ = model.encode_text_ids(model.captions[:4])
-    assert model.itm_logits(image_tokens, model.captions[:4]).shape == (4, 2)
-    loss = model.itm_loss(image_emb, text_emb, image_tokens, model.captions[:4])
+    text_emb, text_tokens = model.encode_text_ids(model.captions[:4])
+    assert model.itm_logits(image_tokens, text_tokens, model.captions[:4]).shape == (4, 2)
+    loss = model.itm_loss(image_emb, text_emb, image_tokens, text_tokens, model.captions[:4])
     assert 0.3 < loss.item() < 1.5  # about log 2 untrained
 
 
@@ -107,6 +121,19 @@ def test_beam_width_one_is_greedy():
     image_tokens = model.encode_image_tokens(batch()["image"])[1]
     greedy, beam = greedy_decode(model, image_tokens, max_new=6), beam_search(model, image_tokens, max_new=6, width=1)
     assert torch.equal(greedy.ids, beam.ids) and torch.allclose(greedy.score, beam.score)
+
+
+def test_no_decoder_ends_before_min_new_tokens(monkeypatch):
+    """A model that always rates <end> first, then token 4: <end> comes right away, or after min_new tokens."""
+    model = small_coca().eval()
+    logp = torch.full((len(model.vocab),), -9.0).index_fill_(0, torch.tensor([EOT]), -0.1).index_fill_(
+        0, torch.tensor([4]), -1.0).log_softmax(0)
+    monkeypatch.setattr(model, "next_token_logprobs", lambda tokens, ids: logp.expand(len(ids), -1))
+    tokens = torch.zeros(2, 64, 32)
+    for min_new in (0, 1, 3):
+        for out in (greedy_decode(model, tokens, max_new=6, min_new=min_new),
+                    beam_search(model, tokens, max_new=6, width=2, min_new=min_new)):
+            assert out.ids[0].tolist()[:min_new + 1] == [4] * min_new + [EOT]
 
 
 def rescore(model, image_tokens, prefix, new):
@@ -137,8 +164,8 @@ def test_a_beam_as_wide_as_every_continuation_finds_the_best_one():
     model = small_coca().eval()
     image_tokens = model.encode_image_tokens(batch()["image"])[1]
     v = len(model.vocab)
-    out = beam_search(model, image_tokens, max_new=2, width=v * v)
-    greedy = greedy_decode(model, image_tokens, max_new=2)
+    out = beam_search(model, image_tokens, max_new=2, width=v * v, min_new=0)
+    greedy = greedy_decode(model, image_tokens, max_new=2, min_new=0)
     for i in range(4):
         best = max(rescore(model, image_tokens[i], [SOT], list(pair)) for pair in itertools.product(range(4, v), repeat=2))
         best = max(best, rescore(model, image_tokens[i], [SOT], [EOT]))
@@ -152,8 +179,10 @@ def test_coca_refuses_what_it_cannot_train_on():
         CoCa(bb, [])
     with pytest.raises(ValueError, match="1 question lists for 4 captions"):
         CoCa(bb, CAPTIONS, QA[:1])
+    with pytest.raises(ValueError, match="loss weights must be >= 0 and one of them above 0"):
+        CoCa(bb, CAPTIONS, contrastive_weight=0.0, caption_weight=0.0, qa_weight=0.0, itm_weight=0.0)
     with pytest.raises(ValueError, match="loss weights must be >= 0"):
-        CoCa(bb, CAPTIONS, caption_weight=0.0, qa_weight=0.0)
+        CoCa(bb, CAPTIONS, itm_weight=-1.0)
     model = small_coca()
     with pytest.raises(ValueError, match=r"max_new=20 tokens after a prefix of 1 must be from 1 to context_length - 1 = 15"):
         greedy_decode(model, torch.zeros(1, 64, 32), max_new=20)

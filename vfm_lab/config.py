@@ -577,6 +577,63 @@ class SynergyConfig(TwoTowerConfig):
                               "tower that trains (scratch-s, scratch-b)")
 
 
+@dataclass
+class FusionConfig(TrainConfig):
+    """Chapter 07: fusion -- a CoCa that captions, matches (ALBEF's ITM) and answers questions."""
+
+    CHAPTER: ClassVar[str] = "07_fusion"
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "smoke": dict(n_train=384, n_test=128, epochs=1, batch_size=64),
+        "lab": dict(n_train=8000, n_test=500, epochs=3, batch_size=128),
+        "full": dict(n_train=100000, n_test=5000, epochs=30, batch_size=512, backbone="resnet18", image_size=64,
+                     width=512, heads=8, text_layers=6, decoder_layers=6, embed_dim=256),
+    }
+    dataset: str = param("shapes", "image-caption-question data: shapes, or icon-scenes (icons of icon_set pasted on "
+                         "photographed textures; build the icon set first: bash data_scripts/fetch.sh emoji)",
+                         choices=("shapes", "icon-scenes"))
+    icon_set: str = param("emoji", "icon-scenes: whose icons are pasted", choices=ICON_SETS)
+    lr: float = param(2e-3, "peak AdamW learning rate after warm-up", min=MIN_LR)
+    weight_decay: float = param(0.1, "AdamW weight decay (not on biases, norms and the temperature)", min=0.0)
+    part: str = param("all", "what the command-line job measures (the notebook: all): CoCa and its evaluations; or "
+                      "also CoCa without its decoder (plain CLIP on the same towers) at the same budget",
+                      choices=("all", "coca"))
+    embed_dim: int = param(128, "size of the joint image-text embedding of the contrastive loss", min=8)
+    width: int = param(128, "width of the text tower and of the multimodal decoder", min=8)
+    heads: int = param(4, "attention heads of the text tower and the decoder", min=1)
+    text_layers: int = param(2, "layers of the unimodal text tower (CoCa's first half of the decoder)", min=1)
+    decoder_layers: int = param(2, "layers of the multimodal decoder, each causal self-attention then "
+                                "cross-attention to the image tokens", min=1)
+    context_length: int = param(32, "text tokens per caption or question (shapes captions need at most 31)",
+                                min=8, max=77)
+    contrastive_weight: float = param(1.0, "weight of the contrastive loss (CoCa: 1)", min=0.0)
+    caption_weight: float = param(2.0, "weight of the captioning loss (CoCa: 2)", min=0.0)
+    qa_weight: float = param(1.0, "weight of the captioning loss on question-answer texts (answer tokens only)",
+                             min=0.0)
+    itm_weight: float = param(1.0, "weight of ALBEF's image-text matching loss on hard negatives", min=0.0)
+    beam_width: int = param(3, "beam search: continuations kept per image (1 = greedy)", min=1)
+    max_caption_tokens: int = param(24, "longest caption the decoder writes, in tokens", min=1)
+
+    def validate(self) -> None:
+        super().validate()
+        check_patches(self, "backbone")
+        if self.width % self.heads:
+            raise ConfigError(f"width={self.width} is not divisible by heads={self.heads}; each head takes an equal "
+                              f"share of the width: choose heads among {[h for h in range(1, 17) if self.width % h == 0]}")
+        if self.max_caption_tokens >= self.context_length:
+            raise ConfigError(f"max_caption_tokens={self.max_caption_tokens} does not fit context_length="
+                              f"{self.context_length} after <start>; choose at most {self.context_length - 1}")
+        if self.contrastive_weight + self.caption_weight + self.qa_weight + self.itm_weight == 0:
+            raise ConfigError("every loss weight is 0: nothing would train; set contrastive_weight, caption_weight, "
+                              "qa_weight or itm_weight above 0")
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """The arguments of :class:`~vfm_lab.methods.coca.CoCa` that this config sets."""
+        return dict(embed_dim=self.embed_dim, width=self.width, heads=self.heads, text_layers=self.text_layers,
+                    decoder_layers=self.decoder_layers, context_length=self.context_length,
+                    contrastive_weight=self.contrastive_weight, caption_weight=self.caption_weight,
+                    qa_weight=self.qa_weight, itm_weight=self.itm_weight)
+
+
 CONFIGS: dict[str, type[LabConfig]] = {c.CHAPTER: c for c in (TourConfig, SupervisedConfig, ClipConfig,
                                                                ContrastiveConfig, NonContrastiveConfig, MIMConfig,
-                                                               SynergyConfig)}
+                                                               SynergyConfig, FusionConfig)}

@@ -25,7 +25,7 @@ import torch
 from vfm_lab.errors import LabError
 
 DATASET_NAMES = ("shapes", "digits", "mnist5k", "fashion-mnist", "cifar10", "imagefolder",
-                 "emoji", "openmoji", "openclipart")
+                 "emoji", "openmoji", "openclipart", "icon-scenes")
 SPLITS = ("train", "test")
 
 
@@ -108,11 +108,11 @@ def load(name: str, split: str = "train", **kwargs: Any) -> ImageSet:
         raise ValueError(f"split={split!r} is not a split; choose one of {', '.join(SPLITS)}")
     import functools
 
-    from vfm_lab.data import icons, real, shapes
+    from vfm_lab.data import icon_scenes, icons, real, shapes
 
     loaders = {"shapes": shapes.load, "digits": real.load_digits, "mnist5k": real.load_mnist5k,
                "fashion-mnist": real.load_fashion_mnist, "cifar10": real.load_cifar10,
-               "imagefolder": real.load_imagefolder,
+               "imagefolder": real.load_imagefolder, "icon-scenes": icon_scenes.load,
                **{icon_set: functools.partial(icons.load, icon_set) for icon_set in icons.ICON_SETS}}
     if name not in loaders:
         raise ValueError(f"dataset={name!r} is not a data set; choose one of {', '.join(DATASET_NAMES)}")

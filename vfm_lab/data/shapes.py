@@ -283,7 +283,7 @@ def _keep_visible(s: dict[str, torch.Tensor], inst: torch.Tensor) -> dict[str, t
     return out
 
 
-def _boxes(inst: torch.Tensor, k_max: int) -> torch.Tensor:
+def mask_boxes(inst: torch.Tensor, k_max: int) -> torch.Tensor:
     """(N, K, 4) xyxy pixel edges of each instance's mask, zeros where it has no pixel."""
     n, h, w = inst.shape
     boxes = torch.zeros(n, k_max, 4)
@@ -339,6 +339,6 @@ def _annotate(s: dict[str, torch.Tensor], images: torch.Tensor, masks: torch.Ten
                           "position": list(POSITIONS), "count": [str(i) for i in range(1, k_max + 1)],
                           "background": list(BACKGROUNDS)},
         captions=captions,
-        extras={"boxes": _boxes(masks, k_max), "num_objects": count, "phrases": phrases,
+        extras={"boxes": mask_boxes(masks, k_max), "num_objects": count, "phrases": phrases,
                 "instance_masks": masks, "object_shapes": shapes, "object_colours": colours, "qa": qa},
     )

@@ -3,7 +3,7 @@
 A job is the chapter's main training run without the narration: load the data the
 config names, build the method, train it with the engine, evaluate the backbone, and
 write ``results.json``. The notebooks walk through the same steps one cell at a time.
-One module per chapter (``supervised``, ``clip``, ``ssl`` for 03 and 04, ``mim``, ``synergy``) on top
+One module per chapter (``supervised``, ``clip``, ``ssl`` for 03 and 04, ``mim``, ``synergy``, ``fusion``) on top
 of ``common`` (data splits, :func:`train`, the one way to train a method on a config, and the shared
 self-supervised :func:`pretrain`); every name is
 importable from ``vfm_lab.jobs``.
@@ -18,6 +18,10 @@ from vfm_lab.jobs.clip import (CLIP_VARIANTS, ICON_BATCH, TABLE_KEYS, build_clip
 from vfm_lab.jobs.common import (SAME_TRAINING, Run, embed_two_views, fresh_backbone, load_splits, on_available_data,
                                  pretrain, random_init_baseline, shapes_half, supervised_augment, train,
                                  weights_from)
+from vfm_lab.jobs.fusion import (CLIP_ONLY, FUSION_KEYS, QUESTION_TYPES, answer, attribute_accuracy, build_coca,
+                                 caption_attributes, caption_scores, encode_images, fusion_job, fusion_metrics,
+                                 fusion_splits, itm_accuracy, question_type, retrieval_metrics, train_coca,
+                                 true_attributes, vqa_accuracy, write_captions)
 from vfm_lab.jobs.mim import (MIM_METHODS, build_mim, finetune_low_label, mean_patch_probe, probe_and_finetune, probes,
                               train_mim)
 from vfm_lab.jobs.ssl import (NON_CONTRASTIVE, build_contrastive, build_non_contrastive, contrastive_views,
@@ -32,4 +36,5 @@ JOBS: dict[str, Callable[[Any], dict[str, Any]]] = {"01_supervised": train_super
                                                     "03_contrastive": train_contrastive,
                                                     "04_non_contrastive": train_non_contrastive,
                                                     "05_mim": train_mim,
-                                                    "06_synergy": synergy_job}
+                                                    "06_synergy": synergy_job,
+                                                    "07_fusion": fusion_job}

@@ -98,6 +98,13 @@ class Vocabulary:
         return texts
 
 
+def trim(ids: torch.Tensor) -> torch.Tensor:
+    """Token rows (B, L) cut after the longest text's ``<end>``: the padding every row shares costs
+    attention and an output layer and changes no token's state (causal attention, padded keys masked).
+    Not for a text's embedding: the class token after the padding would move."""
+    return ids[:, :int((ids != PAD).sum(1).max())]
+
+
 def hard_negatives(sim: torch.Tensor) -> torch.Tensor:
     """ALBEF's negative for each row of a similarity matrix (B, B): a column drawn with probability
     ``softmax`` of the row over the other columns (never the row's own pair). (B,) column indices."""
@@ -127,9 +134,8 @@ class CoCa(Method):
             raise ValueError(f"{len(qa)} question lists for {len(captions)} captions: give one list per image")
         weights = dict(contrastive_weight=contrastive_weight, caption_weight=caption_weight, qa_weight=qa_weight,
                        itm_weight=itm_weight)
-        if any(w < 0 for w in weights.values()) or not caption_weight + qa_weight > 0:
-            raise ValueError(f"loss weights must be >= 0 and the decoder must train (caption or qa weight > 0); "
-                             f"got {weights}")
+        if any(w < 0 for w in weights.values()) or not sum(weights.values()) > 0:
+            raise ValueError(f"loss weights must be >= 0 and one of them above 0; got {weights}")
         qa = qa or [[] for _ in captions]
         qa_texts = [QA_PROMPT.format(q) + " " + a for pairs in qa for q, a in pairs]
         self.vocab = vocab or Vocabulary(list(captions) + qa_texts)
@@ -187,22 +193,23 @@ class CoCa(Method):
         logits = self.lm_head(self.fuse(image_tokens, text_tokens[:, :-1]))  # (B, L-1, V)
         return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=PAD)
 
-    def itm_logits(self, image_tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """Matched / not-matched logits (B, 2) from the fused state at each text's ``<end>``."""
-        fused = self.fuse(image_tokens, self.encode_text_ids(ids)[1])  # (B, L, width)
+    def itm_logits(self, image_tokens: torch.Tensor, text_tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Matched / not-matched logits (B, 2) from the fused state at each text's ``<end>``; ``text_tokens``
+        (B, L, width) the unimodal states of ``ids`` (B, L)."""
+        fused = self.fuse(image_tokens, text_tokens)  # (B, L, width)
         return self.itm_head(fused[torch.arange(len(ids)), (ids == EOT).int().argmax(1)])
 
     def itm_loss(self, image_emb: torch.Tensor, text_emb: torch.Tensor, image_tokens: torch.Tensor,
-                 ids: torch.Tensor) -> torch.Tensor:
+                 text_tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """ALBEF's ITM: the B true pairs, each image with a hard negative caption and each caption with
         a hard negative image, a 2-way cross-entropy over the 3B."""
         with torch.no_grad():
             sim = image_emb @ text_emb.T  # (B, B)
             neg_text, neg_image = hard_negatives(sim), hard_negatives(sim.T)
         images = torch.cat([image_tokens, image_tokens, image_tokens[neg_image]])  # (3B, N, width)
-        texts = torch.cat([ids, ids[neg_text], ids])  # (3B, L)
+        texts = torch.cat([text_tokens, text_tokens[neg_text], text_tokens])  # (3B, L, width)
         target = torch.cat([torch.ones(len(ids)), torch.zeros(2 * len(ids))]).long().to(ids.device)
-        return F.cross_entropy(self.itm_logits(images, texts).float(), target)
+        return F.cross_entropy(self.itm_logits(images, texts, torch.cat([ids, ids[neg_text], ids])).float(), target)
 
     def sample_qa(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """One question-answer text per image of ``index`` that has any (ids (b, L) and answer-only labels
@@ -212,30 +219,33 @@ class CoCa(Method):
             return None
         index = index[has]
         rows = self.qa_first[index] + (torch.rand(len(index)) * self.qa_count[index]).long()  # (b,)
-        ids, labels = self.qa_texts[rows], self.qa_texts[rows, 1:].clone()
+        ids = trim(self.qa_texts[rows])  # (b, T)
+        labels = ids[:, 1:].clone()
         prompt = torch.arange(labels.shape[1])[None] < (self.qa_answer_start[rows, None] - 1)  # (b, L-1)
         return ids, labels.masked_fill_(prompt, PAD)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        index = batch["index"].cpu()
+        """The weighted sum of the losses whose weight is above 0 (each returned on its own, detached)."""
+        index, w = batch["index"].cpu(), self.weights
         device = batch["image"].device
         image_emb, image_tokens = self.encode_image_tokens(batch["image"])  # (B, E), (B, N, width)
-        ids = self.captions[index].to(device)  # (B, L)
+        ids = self.captions[index].to(device)  # (B, L): the class token's position is L, as at test time
         text_emb, text_tokens = self.encode_text_ids(ids)  # (B, E), (B, L, width)
         scale = self.logit_scale.exp()
-        clip = ClipLoss(local_loss=True, gather_with_grad=True, rank=D.rank(), world_size=D.world_size())
-        parts = {"contrastive_loss": clip(image_emb, text_emb, scale),
-                 "caption_loss": self.lm_loss(image_tokens, text_tokens, ids[:, 1:])}
-        zero = parts["caption_loss"].new_zeros(())
-        qa = self.sample_qa(index)
+        parts = {}
+        if w["contrastive_weight"]:
+            clip = ClipLoss(local_loss=True, gather_with_grad=True, rank=D.rank(), world_size=D.world_size())
+            parts["contrastive_loss"] = clip(image_emb, text_emb, scale)
+        if w["caption_weight"]:
+            parts["caption_loss"] = self.lm_loss(image_tokens, text_tokens, ids[:, 1:])
+        qa = self.sample_qa(index) if w["qa_weight"] else None
         if qa is not None:
             qa_ids, qa_labels = (t.to(device) for t in qa)
             asked = image_tokens[(self.qa_count[index] > 0).to(device)]
             parts["qa_loss"] = self.lm_loss(asked, self.encode_text_ids(qa_ids)[1], qa_labels)
-        else:
-            parts["qa_loss"] = zero
-        parts["itm_loss"] = self.itm_loss(image_emb, text_emb, image_tokens, ids) if self.weights["itm_weight"] else zero
-        loss = sum(self.weights[name.replace("_loss", "_weight")] * value for name, value in parts.items())
+        if w["itm_weight"]:
+            parts["itm_loss"] = self.itm_loss(image_emb, text_emb, image_tokens, text_tokens, ids)
+        loss = sum(w[name.replace("_loss", "_weight")] * value for name, value in parts.items())
         return {"loss": loss, **{k: v.detach() for k, v in parts.items()}, "temperature": 1 / scale.detach()}
 
     def after_step(self, step: int, total_steps: int) -> None:
@@ -259,16 +269,22 @@ def _check_decoding(model: CoCa, prefix: Sequence[int], max_new: int) -> None:
                          f"context_length - {len(prefix)} = {model.context_length - len(prefix)}")
 
 
+def _no_end_before(logp: torch.Tensor, step: int, min_new: int) -> torch.Tensor:
+    return logp.index_fill(1, torch.tensor([EOT], device=logp.device), -math.inf) if step < min_new else logp
+
+
 @torch.no_grad()
-def greedy_decode(model: CoCa, image_tokens: torch.Tensor, prefix: Sequence[int] = (SOT,), max_new: int = 16) -> Decoded:
+def greedy_decode(model: CoCa, image_tokens: torch.Tensor, prefix: Sequence[int] = (SOT,), max_new: int = 16,
+                  min_new: int = 1) -> Decoded:
     """The most likely next token, one at a time, after ``prefix`` (ids from :meth:`Vocabulary.ids`) for
-    every image of ``image_tokens`` (B, N, width), until ``<end>`` or ``max_new`` tokens."""
+    every image of ``image_tokens`` (B, N, width), until ``<end>`` or ``max_new`` tokens; ``<end>`` is
+    not allowed before ``min_new`` tokens (open_clip's ``MinLengthLogitsProcessor``: no empty caption)."""
     _check_decoding(model, prefix, max_new)
     b, device = len(image_tokens), image_tokens.device
     seqs = torch.tensor(prefix, device=device).repeat(b, 1)  # (B, T0)
     score, done, trace = torch.zeros(b, device=device), torch.zeros(b, dtype=torch.bool, device=device), []
-    for _ in range(max_new):
-        logp = model.next_token_logprobs(image_tokens, seqs)  # (B, V)
+    for step in range(max_new):
+        logp = _no_end_before(model.next_token_logprobs(image_tokens, seqs), step, min_new)  # (B, V)
         token = torch.where(done, PAD, logp.argmax(1))  # (B,) a finished text goes on with <pad>
         score = score + torch.where(done, 0.0, logp.gather(1, token[:, None])[:, 0])
         seqs, trace = torch.cat([seqs, token[:, None]], 1), trace + [score]
@@ -280,10 +296,11 @@ def greedy_decode(model: CoCa, image_tokens: torch.Tensor, prefix: Sequence[int]
 
 @torch.no_grad()
 def beam_search(model: CoCa, image_tokens: torch.Tensor, prefix: Sequence[int] = (SOT,), max_new: int = 16,
-                width: int = 3) -> Decoded:
+                width: int = 3, min_new: int = 1) -> Decoded:
     """Beam search: keep the ``width`` continuations of highest log-probability per image, extend each by
     every token, keep the best ``width`` again. A finished beam (``<end>``) extends only by ``<pad>`` at no
-    cost, so it competes with the open ones as it is (no length normalisation). Returns the best beam."""
+    cost, so it competes with the open ones as it is (no length normalisation); ``min_new`` as in
+    :func:`greedy_decode`. Returns the best beam."""
     _check_decoding(model, prefix, max_new)
     if width < 1:
         raise ValueError(f"width={width} must be at least 1")
@@ -293,9 +310,10 @@ def beam_search(model: CoCa, image_tokens: torch.Tensor, prefix: Sequence[int] =
     done = torch.zeros(b, 1, dtype=torch.bool, device=image_tokens.device)  # (B, K)
     trace = scores.new_zeros(b, 1, 0)  # (B, K, steps)
     only_pad = torch.full((v,), -math.inf, device=image_tokens.device).index_fill_(0, torch.tensor([PAD]), 0.0)
-    for _ in range(max_new):
+    for step in range(max_new):
         k = seqs.shape[1]
-        logp = model.next_token_logprobs(image_tokens.repeat_interleave(k, 0), seqs.flatten(0, 1)).view(b, k, v)
+        logp = model.next_token_logprobs(image_tokens.repeat_interleave(k, 0), seqs.flatten(0, 1))  # (B K, V)
+        logp = _no_end_before(logp, step, min_new).view(b, k, v)
         logp = torch.where(done[..., None], only_pad, logp)  # (B, K, V)
         scores, top = (scores[..., None] + logp).flatten(1).topk(min(width, k * v), dim=1)  # (B, W)
         beam, token = top // v, top % v  # (B, W) which beam each candidate extends, by which token
