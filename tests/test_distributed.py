@@ -100,3 +100,14 @@ def test_chapter_06_flip_job_under_torchrun(tmp_path):
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert {"flip-0", "flip-50", "flip-75", "flip-50-unmasked", "flip-75-unmasked"} <= set(results)
     assert results["flip-75"]["world_size"] == 2 and results["flip-75"]["pairs_per_s"] > 0
+
+
+def test_chapter_07_job_under_torchrun(tmp_path):
+    """`torchrun -m vfm_lab train 07`: CoCa (the contrastive loss gathers across ranks, each rank its own questions
+    and hard negatives), then CoCa without its decoder, whose decoder and heads get no gradient on any rank."""
+    proc = torchrun(["-m", "vfm_lab", "train", "07", "-p", "scale=smoke", "-p", "n_train=64", "-p", "n_test=32",
+                     "-p", "batch_size=16", "-p", f"out_dir={tmp_path / 'run'}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["coca"]["world_size"] == 2 and results["clip"]["world_size"] == 2
+    assert {"caption_attr_acc", "vqa_acc", "itm_acc"} <= set(results["coca"]) and "vqa_acc" not in results["clip"]

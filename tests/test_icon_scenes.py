@@ -61,3 +61,11 @@ def test_bad_arguments_are_named(emoji_root):
     with pytest.raises(ValueError, match="icon set 'emojis' does not exist"):
         scenes(emoji_root, source="emojis")
     assert icon_scenes.textures().shape == (3, 512, 512)
+
+
+def test_the_chapter_07_attributes_read_back_from_the_true_captions(emoji_root):
+    from vfm_lab.jobs import attribute_accuracy, question_type
+
+    ds = scenes(emoji_root)
+    assert attribute_accuracy(ds, ds.captions) == {"largest": 1.0, "texture": 1.0, "mean": 1.0}
+    assert {question_type(q) for qa in ds.extras["qa"] for q, _ in qa} == {"count", "largest", "exists", "background"}

@@ -584,7 +584,7 @@ class FusionConfig(TrainConfig):
     CHAPTER: ClassVar[str] = "07_fusion"
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": dict(n_train=384, n_test=128, epochs=1, batch_size=64),
-        "lab": dict(n_train=8000, n_test=500, epochs=3, batch_size=128),
+        "lab": dict(n_train=8000, n_test=500, epochs=3, batch_size=128, image_size=64),
         "full": dict(n_train=100000, n_test=5000, epochs=30, batch_size=512, backbone="resnet18", image_size=64,
                      width=512, heads=8, text_layers=6, decoder_layers=6, embed_dim=256),
     }

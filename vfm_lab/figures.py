@@ -137,6 +137,21 @@ FIGURES: dict[str, tuple[str, dict[str, Box], list[Arrow]]] = {
          "loss": (8.8, 2.0, "1 - cosine on\nthe hidden\npatches", "loss")},
         [("x", "p", "mask", "grad"), ("p", "enc", "", "grad"), ("enc", "h", "", "grad"), ("h", "loss", "", "grad"),
          ("x", "tgt", "whole image", "nograd"), ("tgt", "loss", "", "nograd")]),
+    "coca": (
+        "CoCa + ITM: one text decoder split in two; the second half cross-attends to the image tokens",
+        {"x": (0.6, 3.3, "image", "data"), "fi": (2.5, 3.3, "image tower\n-> tokens", "net"),
+         "t": (0.6, 0.7, "caption, or\n'question: ...\nanswer: ...'", "data"),
+         "ft": (2.5, 0.7, "unimodal text\ntower (causal)\n+ class token", "net"),
+         "con": (5.0, 2.0, "contrastive loss\n(pooled image,\nclass token)", "loss"),
+         "dec": (5.0, 3.6, "multimodal decoder:\ncausal self-attn,\ncross-attn", "net"),
+         "cap": (7.6, 3.6, "next-token loss\n(captions, answers)", "loss"),
+         "itm": (7.6, 2.0, "ITM head on the\nfused <end> state", "net"),
+         "neg": (7.6, 0.5, "hard negatives\n~ softmax of the\nsimilarities", "data"),
+         "litm": (9.6, 2.0, "matched?\ncross-entropy", "loss")},
+        [("x", "fi", "", "grad"), ("t", "ft", "", "grad"), ("fi", "con", "mean", "grad"), ("ft", "con", "", "grad"),
+         ("fi", "dec", "tokens", "grad"), ("ft", "dec", "token states", "grad"), ("dec", "cap", "LM head", "grad"),
+         ("dec", "itm", "", "grad"), ("con", "neg", "", "nograd"), ("neg", "itm", "", "nograd"),
+         ("itm", "litm", "", "grad")]),
 }
 
 

@@ -48,6 +48,8 @@ CHAPTERS = {
                       "probes and fine-tuning with a tenth of the labels"),
     "06_synergy": ("2.5", "supervision combined: UniCL, SLIP, LiT against a locked text tower, FLIP's masking ratios, "
                           "masked modeling with CLIP targets against MAE"),
+    "07_fusion": ("2.6", "fusion: a CoCa that captions (greedy, beam), answers questions and matches with ALBEF's "
+                         "hard negatives, each against its trivial baseline; icon scenes"),
 }
 # The one number per chapter the README's table shows: (entry, column, baseline entry or None).
 README_HEADLINE = {
@@ -58,6 +60,7 @@ README_HEADLINE = {
     "04_non_contrastive": ("byol", "linear_acc", "random_init"),
     "05_mim": ("mae", "finetune_acc", "scratch"),
     "06_synergy": ("mim-clip-target", "linear_acc", "mim-mae"),
+    "07_fusion": ("coca", "vqa_acc", None),
 }
 
 

@@ -42,6 +42,8 @@ HEADLINES: dict[str, tuple[str, ...]] = {
                "pretrain_seconds"),
     "06_synergy": ("zs_combo_acc", "zs_heldout_acc", "zs_class_acc", "zs_prompt_acc", "t2i_R@1", "linear_acc",
                    "probe/colour", "pairs_per_s", "linear_acc_mean_patch", "finetune_acc", "train_seconds"),
+    "07_fusion": ("caption_attr_acc", "caption_attr_acc_frequent", "caption_attr_acc_nearest", "cider", "cider_nearest",
+                  "vqa_acc", "vqa_majority_acc", "itm_acc", "itm_contrastive_acc", "t2i_R@1", "train_seconds"),
 }
 NOT_ENTRIES = ("chapter", "scale", "config")
 

@@ -135,7 +135,7 @@ def _overlap(x: int, y: int, s: int, bx: int, by: int, bs: int) -> int:
 
 
 def _a(name: str) -> str:
-    return ("an " if name[:1] in "aeiou" else "a ") + name
+    return ("an " if name[:1].lower() in "aeiou" else "a ") + name
 
 
 def _annotate(pool: ImageSet, images: torch.Tensor, masks: torch.Tensor, chosen: torch.Tensor, texture: torch.Tensor,

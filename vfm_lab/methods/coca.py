@@ -151,12 +151,28 @@ class CoCa(Method):
         self.lm_head = nn.Linear(width, len(self.vocab), bias=False)  # next-token logits
         self.itm_head = nn.Linear(width, 2)  # ALBEF's matched / not matched
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / init_temperature)))
+        self.freeze_unused()
         self.captions = self.vocab.encode(captions, context_length)  # (N, L)
         self.qa_texts = self.vocab.encode(qa_texts, context_length) if qa_texts else None  # (M, L)
         self.qa_answer_start = torch.tensor([len(self.vocab.ids(QA_PROMPT.format(q))) for pairs in qa for q, _ in pairs],
                                             dtype=torch.long)  # (M,) position of each answer's first token
         counts = torch.tensor([len(pairs) for pairs in qa])
         self.qa_first, self.qa_count = counts.cumsum(0) - counts, counts  # (N,), (N,) each image's rows in qa_texts
+
+    def freeze_unused(self) -> None:
+        """Freeze the parts that no loss of weight above 0 reads (CoCa with only the contrastive loss is CLIP, and
+        its decoder gets no gradient): under DDP every trainable parameter must get one in every step."""
+        w, text = self.weights, self.text
+        parts = {"contrastive": [*self.image_proj.parameters(), text.cls_emb, *text.ln_final.parameters(),
+                                 text.text_projection, self.logit_scale],
+                 "decoder": [*self.image_to_text.parameters(), *self.decoder.parameters()],
+                 "lm": list(self.lm_head.parameters()), "itm": list(self.itm_head.parameters())}
+        used = {"contrastive": w["contrastive_weight"] > 0, "lm": w["caption_weight"] + w["qa_weight"] > 0,
+                "itm": w["itm_weight"] > 0}
+        used["decoder"] = used["lm"] or used["itm"]
+        for name, params in parts.items():
+            for p in params:
+                p.requires_grad_(used[name])
 
     # ---- the towers ------------------------------------------------------------------------------------
     def encode_image_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
