@@ -51,7 +51,8 @@ CHAPTERS = {
     "07_fusion": ("2.6", "fusion: a CoCa that captions (greedy, beam), answers questions and matches with ALBEF's "
                          "hard negatives, each against its trivial baseline; icon scenes"),
 }
-# The one number per chapter the README's table shows: (entry, column, baseline entry or None).
+# The one number per chapter the README's table shows: (entry, column, baseline entry or None[, baseline column:
+# default the same column]).
 README_HEADLINE = {
     "00_tour": ("trained", "knn_acc", "random_init"),
     "01_supervised": ("ce", "test_acc", None),
@@ -60,7 +61,7 @@ README_HEADLINE = {
     "04_non_contrastive": ("byol", "linear_acc", "random_init"),
     "05_mim": ("mae", "finetune_acc", "scratch"),
     "06_synergy": ("mim-clip-target", "linear_acc", "mim-mae"),
-    "07_fusion": ("coca", "vqa_acc", None),
+    "07_fusion": ("coca", "vqa_acc", "coca", "vqa_majority_acc"),
 }
 
 
@@ -151,13 +152,14 @@ def readme_table(folder: str | Path | None = None) -> str:
              "| `lab` time |", "|---|---|---|---|---|"]
     total, measured = 0.0, 0
     for chapter, (survey, what) in CHAPTERS.items():
-        ref, (entry, column, baseline) = load(chapter, folder), README_HEADLINE[chapter]
+        ref, (entry, column, baseline, *base_column) = load(chapter, folder), README_HEADLINE[chapter]
+        base_column = base_column[0] if base_column else column
         headline = seconds = "not measured yet"
         if ref:
             values = ref["entries"].get(entry, {}).get(column)
-            base = ref["entries"].get(baseline, {}).get(column) if baseline else None
+            base = ref["entries"].get(baseline, {}).get(base_column) if baseline else None
             headline = f"{entry} {column} {spread(values)}" if values else "missing"
-            headline += f" vs {baseline} {spread(base)}" if base else ""
+            headline += f" vs {baseline}{'' if base_column == column else ' ' + base_column} {spread(base)}" if base else ""
             headline += "" if len(ref["seeds"]) > 1 else f" (seed {ref['seeds'][0]} only)"
             total, measured = total + mean(ref["seconds"]), measured + 1
             seconds = f"{mean(ref['seconds']) / 60:.1f} min"
