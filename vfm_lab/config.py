@@ -530,7 +530,7 @@ class SynergyConfig(TwoTowerConfig):
 
     CHAPTER: ClassVar[str] = "06_synergy"
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "smoke": dict(n_train=384, n_test=128, epochs=1, batch_size=64, tower_epochs=1, flip_epochs=1, bench_steps=1,
+        "smoke": dict(n_train=256, n_test=128, epochs=1, batch_size=64, tower_epochs=1, flip_epochs=1, bench_steps=1,
                       mim_epochs=1, finetune_epochs=1, finetune_n_train=128),
         "lab": dict(n_train=8000, n_test=1000, epochs=3, batch_size=128, tower_epochs=5, flip_epochs=3, bench_steps=10,
                     mim_epochs=3, finetune_epochs=20, finetune_n_train=800),
