@@ -42,7 +42,7 @@ from vfm_lab.backbones import Backbone
 from vfm_lab.data import ImageSet, batches
 from vfm_lab.engine import atomic_write, fit
 from vfm_lab.methods.supervised import Classifier
-from vfm_lab.runtime import autocast
+from vfm_lab.runtime import autocast, eval_mode
 
 RESULTS_FILE = "results.json"
 
@@ -237,13 +237,9 @@ def predict(classifier: nn.Module, data: ImageSet, batch_size: int = 256,
     """Class predictions (N,) on the CPU of a model with ``predict(images)``, in eval mode
     (the model goes back to its mode afterwards)."""
     device = torch.device(device) if device is not None else next(classifier.parameters()).device
-    was_training = classifier.training
-    classifier.eval()
-    try:
+    with eval_mode(classifier):
         out = [classifier.predict(b["image"]).cpu()
                for b in batches(data, batch_size, shuffle=False, drop_last=False, device=device)]
-    finally:
-        classifier.train(was_training)
     return torch.cat(out)
 
 

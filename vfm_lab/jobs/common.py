@@ -20,7 +20,7 @@ from vfm_lab.diagnostics import OnlineKNN, collapse_report
 from vfm_lab.engine import CHECKPOINT, Method, TrainResult, fit, load_checkpoint
 from vfm_lab.evaluate import evaluate_backbone, write_results
 from vfm_lab.results import chapter_runs
-from vfm_lab.runtime import resolve_device, seed_everything
+from vfm_lab.runtime import eval_mode, resolve_device, seed_everything
 
 
 def load_splits(cfg: TrainConfig) -> tuple[ImageSet, ImageSet]:
@@ -78,13 +78,9 @@ def embed_two_views(method: Method, data: ImageSet, batch_size: int = 256, seed:
     device = next(method.parameters()).device
     view = weak(data.image_size)
     generator = torch.Generator(device=device).manual_seed(seed)
-    was_training = method.training
-    method.eval()
-    try:
+    with eval_mode(method):
         pairs = [(method.embed(b["image"]).float().cpu(), method.embed(view(b["image"], generator)).float().cpu())
                  for b in batches(data, batch_size, shuffle=False, drop_last=False, device=device)]
-    finally:
-        method.train(was_training)
     return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
 
 

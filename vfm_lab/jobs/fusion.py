@@ -24,7 +24,7 @@ from vfm_lab.evaluate import retrieval_recall, write_results
 from vfm_lab.jobs.common import Run, fresh_backbone, train
 from vfm_lab.methods.clip import embed_texts
 from vfm_lab.methods.coca import QA_PROMPT, CoCa, beam_search, greedy_decode
-from vfm_lab.runtime import seed_everything
+from vfm_lab.runtime import eval_mode, seed_everything
 
 # question type: the first pattern that matches the question
 QUESTION_TYPES = (("background", r"background\?$"), ("count", r"^how many"), ("exists", r"^is there"),
@@ -59,13 +59,9 @@ def build_coca(cfg: FusionConfig, data: ImageSet, **overrides: Any) -> CoCa:
 def encode_images(model: CoCa, images: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """Unit-length embeddings (N, E) and decoder tokens (N, n, width) of uint8 images, on the model's device."""
     device = model.logit_scale.device
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         parts = [model.encode_image_tokens(images[i:i + batch_size].to(device).float().div(255))
                  for i in range(0, len(images), batch_size)]
-    finally:
-        model.train(was_training)
     return torch.cat([p[0] for p in parts]).float(), torch.cat([p[1] for p in parts])
 
 
@@ -73,17 +69,13 @@ def encode_images(model: CoCa, images: torch.Tensor, batch_size: int = 256) -> t
 def write_captions(model: CoCa, image_tokens: torch.Tensor, beam_width: int = 1, max_new: int = 24,
                    batch_size: int = 128) -> list[str]:
     """A caption per image: greedy (``beam_width`` 1) or beam search."""
-    was_training = model.training
-    model.eval()
-    try:
-        out = []
+    out = []
+    with eval_mode(model):
         for i in range(0, len(image_tokens), batch_size):
             chunk = image_tokens[i:i + batch_size]
             ids = (greedy_decode(model, chunk, max_new=max_new) if beam_width == 1
                    else beam_search(model, chunk, max_new=max_new, width=beam_width)).ids
             out += model.vocab.decode(ids)
-    finally:
-        model.train(was_training)
     return out
 
 
@@ -95,15 +87,11 @@ def answer(model: CoCa, image_tokens: torch.Tensor, questions: Sequence[str], ma
     for i, q in enumerate(questions):
         by_question[q].append(i)
     answers = [""] * len(questions)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for q, rows in by_question.items():
             out = greedy_decode(model, image_tokens[rows], model.vocab.ids(QA_PROMPT.format(q)), max_new=max_new)
             for row, text in zip(rows, model.vocab.decode(out.ids)):
                 answers[row] = text
-    finally:
-        model.train(was_training)
     return answers
 
 
@@ -164,18 +152,14 @@ def itm_accuracy(model: CoCa, test: ImageSet, image_emb: torch.Tensor, image_tok
     contrastive similarity does (``itm_contrastive_acc``)."""
     device = image_tokens.device
     ids = model.vocab.encode(test.captions, model.context_length).to(device)  # (N, L)
-    text_emb, text_tokens = model.encode_text_ids(ids)
-    sim = image_emb.to(text_emb) @ text_emb.T  # (N, N)
     same_text = torch.tensor([[a == b for b in test.captions] for a in test.captions], device=device)
-    negative = sim.masked_fill(same_text, -torch.inf).argmax(1)  # (N,)
     rows = torch.arange(len(test), device=device)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
+        text_emb, text_tokens = model.encode_text_ids(ids)
+        sim = image_emb.to(text_emb) @ text_emb.T  # (N, N)
+        negative = sim.masked_fill(same_text, -torch.inf).argmax(1)  # (N,) the closest other caption
         match = [model.itm_logits(image_tokens, t, i).softmax(1)[:, 1] for t, i in
                  ((text_tokens, ids), (text_tokens[negative], ids[negative]))]  # P(matched) of true, negative pairs
-    finally:
-        model.train(was_training)
     return {"itm_acc": (match[0] > match[1]).float().mean().item(),
             "itm_contrastive_acc": (sim[rows, rows] > sim[rows, negative]).float().mean().item()}
 
@@ -195,7 +179,7 @@ def vqa_accuracy(model: CoCa, train: ImageSet, test: ImageSet, image_tokens: tor
         t = question_type(q)
         count[t] += 1
         right[t] += words(s) == words(a)
-        base[t] += majority.get(t) == a
+        base[t] += words(majority.get(t, "")) == words(a)
     return {"vqa": {t: right[t] / count[t] for t in count}, "vqa_majority": {t: base[t] / count[t] for t in count},
             "vqa_acc": sum(right.values()) / len(pairs), "vqa_majority_acc": sum(base.values()) / len(pairs)}
 

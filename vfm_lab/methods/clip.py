@@ -55,6 +55,7 @@ from open_clip.transformer import TextTransformer
 from torch import nn
 
 from vfm_lab import distributed as D
+from vfm_lab.runtime import eval_mode
 from vfm_lab.engine import Method
 
 LOSSES = ("clip", "siglip")
@@ -215,25 +216,17 @@ class ClipModel(Method):
 def embed_images(model: ClipModel, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Unit-length embeddings (N, E) on the CPU of uint8 images (N, C, H, W), in eval mode."""
     device = model.logit_scale.device
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         out = [model.encode_image(images[i:i + batch_size].to(device).float().div(255)).cpu()
                for i in range(0, len(images), batch_size)]
-    finally:
-        model.train(was_training)
     return torch.cat(out)
 
 
 @torch.no_grad()
 def embed_texts(model: ClipModel, texts: Sequence[str], batch_size: int = 1024) -> torch.Tensor:
     """Unit-length embeddings (N, E) on the CPU of texts, in eval mode."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         out = [model.encode_text(texts[i:i + batch_size]).cpu() for i in range(0, len(texts), batch_size)]
-    finally:
-        model.train(was_training)
     return torch.cat(out)
 
 

@@ -46,6 +46,7 @@ from torch import nn
 from vfm_lab.backbones import Backbone
 from vfm_lab.data import ImageSet, batches
 from vfm_lab.engine import Method
+from vfm_lab.runtime import eval_mode
 
 
 # ---- patches and masks (shared by every masked image model) ----------------------------
@@ -216,9 +217,7 @@ def reconstruction_vs_mean_patch(mae: MAE, train: ImageSet, test: ImageSet, batc
     """MAE's loss on held-out images against predicting the training set's mean target patch for
     every masked patch (the best constant guess), on the same masks: ``{"mae_loss", "mean_patch_loss"}``."""
     device = next(mae.parameters()).device
-    was_training = mae.training
-    mae.eval()
-    try:
+    with eval_mode(mae):
         mean_patch = sum(mae.targets(b["image"]).sum(dim=(0, 1)) for b in
                          batches(train, batch_size, shuffle=False, drop_last=False, device=device))
         mean_patch = mean_patch / (len(train) * (train.image_size // mae.patch_size) ** 2)  # (p*p*C,)
@@ -229,7 +228,5 @@ def reconstruction_vs_mean_patch(mae: MAE, train: ImageSet, test: ImageSet, batc
             pred = mae.forward_decoder(latent, ids_restore)
             constant = mean_patch.expand_as(pred)
             sums += torch.stack([mae.forward_loss(b["image"], p, mask).cpu() * len(mask) for p in (pred, constant)])
-    finally:
-        mae.train(was_training)
     mae_loss, mean_loss = (sums / len(test)).tolist()
     return {"mae_loss": mae_loss, "mean_patch_loss": mean_loss}
