@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SCALE ?= lab
 NBVAL := build/nbval
+TEST_WORKERS ?= auto
 
 .PHONY: setup browser test-data data run reference test test-kernels bench lab student clean
 
@@ -50,13 +51,16 @@ reference: setup data
 
 # Unit, learning and DDP tests, doctests, every notebook at smoke scale under nbval, and 00_tour in
 # JupyterLab in headless Chromium (build/browser/00_tour.png); the 25 slowest are listed at the end.
+# pytest-xdist runs TEST_WORKERS processes (a test file, a notebook each), one thread apiece: on 2 cores
+# the suite takes 7 minutes instead of 12 (tiny models gain little from a second thread).
 test: setup browser test-data
 	rm -rf $(NBVAL) && mkdir -p $(NBVAL)
 	for nb in notebooks/*.ipynb; do \
 	  name=$$(basename $$nb .ipynb); \
 	  $(BIN)/papermill --prepare-only -p scale smoke -p out_dir $(CURDIR)/$(NBVAL)/runs/$$name $$nb $(NBVAL)/$$name.ipynb || exit 1; \
 	done
-	$(BIN)/python -m pytest --nbval-lax --durations=25 vfm_lab tests $(NBVAL)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --nbval-lax --durations=25 \
+	  vfm_lab tests $(NBVAL)
 
 # The learning tests (marked `learning`: they train and compare a figure with a line) under other CPUs' kernels
 # and 1 or 2 threads, then the smallest margin of each check per setting (tests/margins.py). Outside `make test`:

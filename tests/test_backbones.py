@@ -54,8 +54,8 @@ def test_convnet_runs_channels_last_with_the_nchw_result(name):
     assert not nchw.normalise(x).is_contiguous(memory_format=torch.channels_last)
     nchw(x).sum().backward()
     torch.testing.assert_close(feats, nchw(x), rtol=1e-4, atol=1e-5)
-    for g, p in zip(grads, nchw.parameters()):
-        torch.testing.assert_close(g, p.grad, rtol=1e-3, atol=1e-4)
+    for g, p in zip(grads, nchw.parameters()):  # sums over 4,096 positions in another order: error on the tensor's scale
+        torch.testing.assert_close(g, p.grad, rtol=1e-3, atol=1e-3 * g.abs().max().item())
 
 
 def test_vit_keeps_its_layout():
