@@ -111,3 +111,16 @@ def test_chapter_07_job_under_torchrun(tmp_path):
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["coca"]["world_size"] == 2 and results["clip"]["world_size"] == 2
     assert {"caption_attr_acc", "vqa_acc", "itm_acc"} <= set(results["coca"]) and "vqa_acc" not in results["clip"]
+
+
+def test_chapter_08_job_under_torchrun(tmp_path):
+    """`torchrun -m vfm_lab train 08`: the CLIP towers trained here under DDP, then the grounder (each rank its own
+    positives, the alignment over its own batch's texts) on both text encoders; rank 0 evaluates and writes COCO JSON."""
+    proc = torchrun(["-m", "vfm_lab", "train", "08", "-p", "scale=smoke", "-p", "n_train=64", "-p", "n_test=32",
+                     "-p", "batch_size=16", "-p", f"out_dir={tmp_path / 'run'}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["glip"]["world_size"] == 2 and results["glip-minilm-locked"]["world_size"] == 2
+    assert {"grounding_acc", "seen_AP50", "heldout_AP50"} <= set(results["glip"])
+    gt = json.loads((tmp_path / "run" / "glip" / "coco" / "heldout_gt.json").read_text())
+    assert {c["name"] for c in gt["categories"]} == {"heart", "ring"}

@@ -104,7 +104,8 @@ def test_check_compares_words_and_says_what_was_expected():
 KEY_LINES = {"01_supervised": ["cross-entropy", "CosFace", "sampled softmax"], "02_clip": ["CLIP", "SigLIP"],
              "03_contrastive": ["SimCLR", "MoCo v2", "MoCo v3"], "04_non_contrastive": ["BYOL", "SimSiam", "DINO"],
              "05_mim": ["MAE", "SimMIM", "MaskFeat", "BEiT"],
-             "06_synergy": ["UniCL", "SLIP", "LiT", "FLIP", "MIM with CLIP targets"], "07_fusion": ["CoCa + ITM"]}
+             "06_synergy": ["UniCL", "SLIP", "LiT", "FLIP", "MIM with CLIP targets"], "07_fusion": ["CoCa + ITM"],
+             "08_region": ["GLIP grounder"]}
 
 
 @pytest.mark.parametrize("chapter, methods", KEY_LINES.items())

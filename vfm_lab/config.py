@@ -176,6 +176,7 @@ def check_out_dir(out_dir: str) -> None:
 MIN_LR = 1e-8  # learning rates: a step size of 0 trains nothing
 from vfm_lab.backbones import BACKBONE_NAMES, DEFAULT_PATCH_SIZE, VIT_NAMES  # noqa: E402  (after the machinery)
 from vfm_lab.data import DATASET_NAMES  # noqa: E402
+from vfm_lab.data.icon_scenes import MAX_OBJECTS as ICON_SCENES_MAX_OBJECTS  # noqa: E402
 from vfm_lab.data.icons import ICON_SETS  # noqa: E402
 from vfm_lab.data.shapes import IMAGE_SIZES as SHAPES_IMAGE_SIZES  # noqa: E402
 from vfm_lab.runtime import resolve_device, resolve_precision  # noqa: E402
@@ -634,6 +635,52 @@ class FusionConfig(TrainConfig):
                     qa_weight=self.qa_weight, itm_weight=self.itm_weight)
 
 
+@dataclass
+class RegionConfig(TwoTowerConfig):
+    """Chapter 08: region level -- phrase grounding and open-vocabulary detection (GLIP / OWL-ViT in miniature)."""
+
+    CHAPTER: ClassVar[str] = "08_region"
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "smoke": dict(n_train=512, n_test=128, epochs=2, batch_size=64, tower_epochs=1),
+        "lab": dict(n_train=8000, n_test=500, epochs=30, batch_size=128, tower_epochs=3),
+        "full": dict(n_train=100000, n_test=5000, epochs=30, batch_size=256, backbone="resnet18", image_size=64,
+                     tower_epochs=30, width=256),
+    }
+    dataset: str = param("shapes", "scenes with boxes and phrases: shapes, or icon-scenes (icons of icon_set pasted on "
+                         "photographed textures; build the icon set first: bash data_scripts/fetch.sh emoji)",
+                         choices=("shapes", "icon-scenes"))
+    icon_set: str = param("emoji", "icon-scenes: whose icons are pasted", choices=ICON_SETS)
+    lr: float = param(2e-3, "peak AdamW learning rate after warm-up (the pretrained image tower: backbone_lr_scale "
+                      "of it)", min=MIN_LR)
+    weight_decay: float = param(0.05, "AdamW weight decay (not on biases, norms, scale and bias)", min=0.0)
+    text_tower: str = param("scratch-s", "the text encoder, locked: scratch-s / scratch-b: chapter 02's CLIP text "
+                            "tower (its run when there is one, else trained here); minilm-locked: all-MiniLM-L6-v2 with "
+                            "chapter 02's projection (the image tower comes from the same CLIP run)",
+                            choices=("scratch-s", "scratch-b", "minilm-locked"))
+    part: str = param("all", "what the command-line job measures (the notebook: all): the grounder with text_tower; or "
+                      "also the same grounder on the other text encoder (scratch <-> minilm-locked)",
+                      choices=("all", "grounder"))
+    tower_epochs: int = param(1, "epochs of CLIP on the scenes' captions when chapter 02 has no run to load", min=1)
+    backbone_lr_scale: float = param(1.0, "learning rate of the pretrained image tower and its projection, as a share "
+                                     "of lr (0.1 grounded no better at lab, 6 epochs: the shapes need new features)",
+                                     min=0.0, max=1.0)
+    width: int = param(128, "channels of the feature pyramid and of the box head", min=8)
+    box_weight: float = param(2.0, "weight of the box loss (GIoU + L1) against the alignment loss", min=0.0)
+    radius: float = param(0.75, "a cell within this many strides of an object's centre (and inside its box) is one "
+                          "of its positives (the nearest cell always is)", min=0.1)
+    max_objects: int = param(4, "objects per scene, at most (the icon scenes: at most 3)", min=1, max=4)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.dataset == "icon-scenes" and self.max_objects > ICON_SCENES_MAX_OBJECTS:
+            raise ConfigError(f"max_objects={self.max_objects}: the icon scenes hold at most "
+                              f"{ICON_SCENES_MAX_OBJECTS} icons; choose 1 to {ICON_SCENES_MAX_OBJECTS}")
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """The arguments of :class:`~vfm_lab.methods.glip.Grounder` that this config sets."""
+        return dict(width=self.width, box_weight=self.box_weight, radius=self.radius)
+
+
 CONFIGS: dict[str, type[LabConfig]] = {c.CHAPTER: c for c in (TourConfig, SupervisedConfig, ClipConfig,
                                                                ContrastiveConfig, NonContrastiveConfig, MIMConfig,
-                                                               SynergyConfig, FusionConfig)}
+                                                               SynergyConfig, FusionConfig, RegionConfig)}

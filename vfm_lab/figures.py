@@ -152,6 +152,18 @@ FIGURES: dict[str, tuple[str, dict[str, Box], list[Arrow]]] = {
          ("fi", "dec", "tokens", "grad"), ("ft", "dec", "token states", "grad"), ("dec", "cap", "LM head", "grad"),
          ("dec", "itm", "", "grad"), ("con", "neg", "", "nograd"), ("neg", "itm", "", "nograd"),
          ("itm", "litm", "", "grad")]),
+    "glip": (
+        "GLIP: every cell of the feature map is a region; the alignment with the prompt's phrases is the classifier",
+        {"x": (0.6, 3.3, "image", "data"), "fi": (2.6, 3.3, "image tower\n+ feature\npyramid", "net"),
+         "t": (0.6, 0.7, "prompt:\n'find: heart.\nsmall red star.'", "data"),
+         "ft": (2.6, 0.7, "text tower\n(locked)", "frozen"), "p": (5.0, 0.7, "phrase\nembeddings P", "data"),
+         "o": (5.0, 3.3, "region\nembeddings O\n(one per cell)", "net"),
+         "box": (5.0, 2.0, "box head:\ncentre offset,\nlog size", "net"),
+         "align": (7.6, 3.0, "S = s O.P + b\nfocal loss per\n(region, phrase)", "loss"),
+         "lbox": (7.6, 1.0, "GIoU + L1\non positive\ncells", "loss")},
+        [("x", "fi", "", "grad"), ("t", "ft", "", "nograd"), ("ft", "p", "", "nograd"), ("fi", "o", "", "grad"),
+         ("fi", "box", "", "grad"), ("o", "align", "", "grad"), ("p", "align", "", "nograd"),
+         ("box", "lbox", "", "grad")]),
 }
 
 

@@ -50,6 +50,8 @@ CHAPTERS = {
                           "masked modeling with CLIP targets against MAE"),
     "07_fusion": ("2.6", "fusion: a CoCa that captions (greedy, beam), answers questions and matches with ALBEF's "
                          "hard negatives, each against its trivial baseline; icon scenes"),
+    "08_region": ("2.6", "regions: a GLIP-style grounder on chapter 02's CLIP towers, phrase grounding, COCO AP on seen "
+                         "and held-out shapes, CLIP's text tower against a locked MiniLM"),
 }
 # The one number per chapter the README's table shows: (entry, column, baseline entry or None[, baseline column:
 # default the same column]).
@@ -62,6 +64,7 @@ README_HEADLINE = {
     "05_mim": ("mae", "finetune_acc", "scratch"),
     "06_synergy": ("mim-clip-target", "linear_acc", "mim-mae"),
     "07_fusion": ("coca", "vqa_acc", "coca", "vqa_majority_acc"),
+    "08_region": ("glip", "grounding_acc", "glip", "grounding_largest"),
 }
 
 

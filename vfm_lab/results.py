@@ -44,6 +44,8 @@ HEADLINES: dict[str, tuple[str, ...]] = {
                    "probe/colour", "pairs_per_s", "linear_acc_mean_patch", "finetune_acc", "train_seconds"),
     "07_fusion": ("caption_attr_acc", "caption_attr_acc_frequent", "caption_attr_acc_nearest", "cider", "cider_nearest",
                   "vqa_acc", "vqa_majority_acc", "itm_acc", "itm_contrastive_acc", "t2i_R@1", "train_seconds"),
+    "08_region": ("grounding_acc", "grounding_largest", "grounding_centre", "seen_AP50", "heldout_AP50",
+                  "heldout_object_AP50", "train_seconds"),
 }
 NOT_ENTRIES = ("chapter", "scale", "config")
 

@@ -131,6 +131,31 @@ def annotated_scenes(images: torch.Tensor, boxes: torch.Tensor, phrases: Sequenc
     return fig
 
 
+def detected_boxes(images: torch.Tensor, boxes: Sequence[torch.Tensor], labels: Sequence[Sequence[str]],
+                   truth: Sequence[torch.Tensor] | None = None, titles: Sequence[str] | None = None) -> Figure:
+    """Images with detected or grounded boxes: ``boxes[i]`` (M, 4) xyxy pixels, each named by ``labels[i]``
+    ("star 0.83"), in the colours of the labels' order; ``truth[i]`` (T, 4), if given, dashed white under them."""
+    if not len(images) == len(boxes) == len(labels) or (truth is not None and len(truth) != len(images)):
+        raise ValueError(f"{len(images)} images, {len(boxes)} box sets, {len(labels)} label sets"
+                         + (f", {len(truth)} true box sets" if truth is not None else "") + ": give one of each per image")
+    fig, axes = _subplots(1, len(images), figsize=(2.6 * len(images), 2.9), squeeze=False)
+    colours = _class_colours(10)
+    for i, ax in enumerate(axes[0]):
+        _show(ax, images[i])
+        drawn = [(b, "white", "--", None) for b in (truth[i] if truth is not None else [])]
+        drawn += [(b, colours[k % 10], "-", text) for k, (b, text) in enumerate(zip(boxes[i], labels[i]))]
+        for box, colour, style, text in drawn:
+            x0, y0, x1, y1 = box.tolist()
+            ax.add_patch(matplotlib.patches.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
+                                                      color=colour, lw=1.5, ls=style))
+            if text:
+                ax.text(x0, y0 - 0.5, text, color=colour, fontsize=7, va="bottom")
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def _class_colours(num_classes: int) -> list:
     cmap = matplotlib.colormaps["tab10" if num_classes <= 10 else "tab20" if num_classes <= 20 else "turbo"]
     return [cmap(i if num_classes <= 20 else i / max(num_classes - 1, 1)) for i in range(num_classes)]
