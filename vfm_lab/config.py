@@ -642,7 +642,7 @@ class RegionConfig(TwoTowerConfig):
     CHAPTER: ClassVar[str] = "08_region"
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": dict(n_train=512, n_test=128, epochs=2, batch_size=64, tower_epochs=1),
-        "lab": dict(n_train=8000, n_test=500, epochs=30, batch_size=128, tower_epochs=3),
+        "lab": dict(n_train=8000, n_test=500, epochs=36, batch_size=128, tower_epochs=3),
         "full": dict(n_train=100000, n_test=5000, epochs=30, batch_size=256, backbone="resnet18", image_size=64,
                      tower_epochs=30, width=256),
     }
