@@ -32,6 +32,10 @@ counts grow by ``embed_dim`` per extra patch position, e.g. at 64 px.)
   ``.cls_token``, ``.pos_embed``, ``.blocks`` and ``.norm`` are timm's modules, for
   methods (MAE, BEiT) that run the encoder on a subset of the patches.
 
+:class:`FeaturePyramid` turns a backbone into a dense map for the region and pixel chapters (08's grounder,
+09's segmenter): its last three stages summed at the grid of the first (8 x 8 cells at 32 px for convnet-s),
+or a ViT's patch grid.
+
 Images are normalised inside the backbone with one constant for every channel and data
 set, ``(x - 0.5) / 0.25``, which maps [0, 1] to [-2, 2]: data sets with 1 or 3 channels
 and any statistics share one backbone contract.
@@ -66,6 +70,7 @@ _VITS = {
 }
 VIT_NAMES = tuple(_VITS)
 DEFAULT_PATCH_SIZE = 4
+PYRAMID_STAGES = (2, 3, 4)  # the convnet stages FeaturePyramid reads (timm's forward_intermediates indices)
 
 PIXEL_MEAN = 0.5  # every channel: (x - PIXEL_MEAN) / PIXEL_STD maps [0, 1] to [-2, 2]
 PIXEL_STD = 0.25
@@ -118,6 +123,41 @@ class Backbone(nn.Module):
     def extra_repr(self) -> str:
         return (f"name={self.name!r}, in_chans={self.in_chans}, image_size={self.image_size}, "
                 f"patch_size={self.patch_size}, embed_dim={self.embed_dim}")
+
+
+class FeaturePyramid(nn.Module):
+    """A dense feature map of a backbone for the region and pixel chapters (08, 09).
+
+    Convnets: 1x1 lateral convs of the last three stages (``PYRAMID_STAGES``, timm's ``forward_intermediates``
+    indices), summed at the grid of the first of them (FPN's top-down sum, Lin et al., 2017, without its 3x3
+    smoothing): 8 x 8 cells at 32 px for convnet-s. ViTs: the patch grid, through one 1x1 conv. ``forward(backbone,
+    images)`` returns that map (B, width, g, g) and the last stage itself at the same grid (B, D, g, g); the
+    backbone is passed in, not held, so that it stays one module of the model that owns both.
+    """
+
+    def __init__(self, backbone: Backbone, width: int) -> None:
+        super().__init__()
+        if backbone.patch_size is None:
+            with torch.no_grad():
+                probe = backbone.model.forward_intermediates(
+                    torch.zeros(1, backbone.in_chans, backbone.image_size, backbone.image_size),
+                    indices=list(PYRAMID_STAGES), intermediates_only=True)
+            self.grid, chans = probe[0].shape[-1], [p.shape[1] for p in probe]
+        else:
+            self.grid, chans = backbone.image_size // backbone.patch_size, [backbone.embed_dim]
+        self.stride = backbone.image_size / self.grid  # pixels between cell centres
+        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in chans)
+
+    def forward(self, backbone: Backbone, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = backbone.normalise(images)
+        if backbone.patch_size is None:
+            maps = backbone.model.forward_intermediates(x, indices=list(PYRAMID_STAGES), intermediates_only=True)
+        else:
+            tokens = backbone.model.forward_features(x)[:, backbone.model.num_prefix_tokens:]
+            maps = [tokens.transpose(1, 2).reshape(len(x), -1, self.grid, self.grid)]
+        size = maps[0].shape[-2:]
+        pyramid = sum(nn.functional.interpolate(lat(m), size=size, mode="nearest") for lat, m in zip(self.lateral, maps))
+        return pyramid, nn.functional.interpolate(maps[-1], size=size, mode="bilinear", align_corners=False)
 
 
 def build_backbone(name: str, in_chans: int = 3, image_size: int = 32, *,

@@ -7,7 +7,8 @@ prompt, so a detector is a grounding model and a category is just a text: "find:
 - ``F``: a feature map of the image encoder (here a small feature pyramid on the backbone's last three
   stages, or a ViT's patch grid), one candidate region per cell (``stride`` pixels apart);
 - ``O``: the region embeddings (B, HW, E), unit length, one per cell;
-- ``P``: the phrase embeddings (Q, E), unit length, from a **locked** text encoder;
+- ``P``: the phrase embeddings (Q, E), unit length: a **locked** text encoder's, through a trained linear
+  map (the identity at the start) that can stretch the directions that tell phrases apart;
 
 the alignment logits are ``S = s · O Pᵀ + b`` (GLIP's ``S_ground = O Pᵀ``, with a learned scale ``s``
 and a bias ``b`` that starts at the focal-loss prior, ``-log((1 - π) / π)``, π = 0.01, as in [3] sec. 4.1).
@@ -26,8 +27,9 @@ the rest are background for every phrase.
 Open vocabulary comes from where the towers start, as in OWL-ViT [1]: both are a contrastive image-text
 model's (chapter 02's CLIP), the text tower stays locked, and the region embeddings start as the image
 tower's own dense features through its projection (MaskCLIP's reading of a CLIP, [5]), so a category
-that no training box was labelled with is still named by its text. GLIP's deep fusion (cross-attention
-between image and text before the alignment) is left out: GLIP-A in the paper's table 1.
+that no training box was labelled with can still be named by its text (how well, chapter 08 measures).
+GLIP's deep fusion (cross-attention between image and text before the alignment) is left out, as in the
+paper's GLIP-T (A).
 
 - [0] GLIP, Li et al., 2022, https://arxiv.org/abs/2112.03857
 - [1] OWL-ViT, Minderer et al., 2022, https://arxiv.org/abs/2205.06230
@@ -59,12 +61,11 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import batched_nms, generalized_box_iou_loss, sigmoid_focal_loss
 
-from vfm_lab.backbones import Backbone
+from vfm_lab.backbones import Backbone, FeaturePyramid
 from vfm_lab.engine import Method
 
 TextEncoder = Callable[[Sequence[str]], torch.Tensor]  # texts -> (Q, E) embeddings, locked (no gradient)
 PRIOR = 0.01  # the foreground probability every alignment logit starts at ([3] sec. 4.1)
-STAGES = (2, 3, 4)  # the convnet stages of the feature pyramid (timm's forward_intermediates indices)
 
 
 def parse_prompt(prompt: str) -> list[str]:
@@ -185,14 +186,8 @@ class Grounder(Method):
         self.boxes = boxes.float()  # (N, K, 4) on the CPU, read per batch
 
         dim, text_dim = backbone.embed_dim, table.shape[1]
-        with torch.no_grad():
-            probe = backbone.model.forward_intermediates(torch.zeros(1, backbone.in_chans, backbone.image_size,
-                                                                     backbone.image_size), indices=list(STAGES),
-                                                         intermediates_only=True) if backbone.patch_size is None else None
-        self.grid = backbone.image_size // backbone.patch_size if probe is None else probe[0].shape[-1]
-        self.stride = backbone.image_size / self.grid
-        chans = [dim] if probe is None else [p.shape[1] for p in probe]
-        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in chans)  # the pyramid's lateral 1x1 convs
+        self.pyramid = FeaturePyramid(backbone, width)
+        self.grid, self.stride = self.pyramid.grid, self.pyramid.stride
         self.tower = nn.Sequential(*[m for _ in range(2) for m in (nn.Conv2d(width, width, 3, padding=1),
                                                                    nn.GroupNorm(8 if width % 8 == 0 else 1, width),
                                                                    nn.ReLU())])
@@ -218,22 +213,9 @@ class Grounder(Method):
         table = getattr(self, "text_table", None)
         return emb if table is None else emb.to(table.device)
 
-    def feature_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The pyramid's map (B, width, g, g) and the dense features (B, D, g, g): the backbone's last stage
-        (a ViT's patch tokens) at the grid of the pyramid."""
-        x = self.backbone.normalise(images)
-        if self.backbone.patch_size is None:
-            maps = self.backbone.model.forward_intermediates(x, indices=list(STAGES), intermediates_only=True)
-        else:
-            tokens = self.backbone.model.forward_features(x)[:, self.backbone.model.num_prefix_tokens:]
-            maps = [tokens.transpose(1, 2).reshape(len(x), -1, self.grid, self.grid)]
-        size = maps[0].shape[-2:]
-        pyramid = sum(F.interpolate(lat(m), size=size, mode="nearest") for lat, m in zip(self.lateral, maps))
-        return pyramid, F.interpolate(maps[-1], size=size, mode="bilinear", align_corners=False)
-
     def regions(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unit-length region embeddings (B, HW, E) and box predictions (B, HW, 4) (see :func:`decode`)."""
-        pyramid, dense = self.feature_maps(images)
+        pyramid, dense = self.pyramid(self.backbone, images)
         h = self.tower(pyramid)
         feats = (dense + self.refine(h)).flatten(2).transpose(1, 2)  # (B, HW, D)
         emb = F.normalize(self.image_proj(feats).float(), dim=-1)
