@@ -1,5 +1,7 @@
 """Icon scenes (vfm_lab/data/icon_scenes.py) on the emoji fixture of tests/test_icons.py: every
 annotation follows from the placement, the same seed gives the same scenes, bad input is named."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -49,12 +51,24 @@ def test_the_same_seed_gives_the_same_scenes_and_held_out_scenes_show_held_out_c
     assert {p for ph in held.extras["phrases"] for p in ph} <= names
 
 
+def test_a_split_without_icons_of_some_category_pastes_only_the_stocked_ones(emoji_root, monkeypatch):
+    """A test split can lack a seen category (emoji's does): its scenes draw from the categories it has."""
+    pool = icons.load("emoji", "train", root=emoji_root)
+    gone = int(pool.labels[0])
+    other = int(pool.labels[pool.labels != gone][0])
+    short = dataclasses.replace(pool, labels=torch.where(pool.labels == gone, other, pool.labels))  # no icon of it
+    monkeypatch.setattr(icon_scenes.icon_sets, "load", lambda *a, **k: short)
+    ds = scenes(emoji_root)
+    present = ds.extras["object_categories"][ds.extras["object_categories"] >= 0]
+    assert len(ds) == 40 and gone not in present.tolist()
+
+
 def test_bad_arguments_are_named(emoji_root):
     with pytest.raises(ValueError, match="max_objects=5 must be an integer from 1 to 3"):
         scenes(emoji_root, max_objects=5)
     with pytest.raises(ValueError, match="image_size=16 must be an integer from 32 to 256"):
         load("icon-scenes", "train", image_size=16, root=emoji_root)
-    with pytest.raises(ValueError, match="has 1 categories; a scene of max_objects=2 icons"):
+    with pytest.raises(ValueError, match="has icons of 1 categories; a scene of max_objects=2 icons"):
         scenes(emoji_root, split="test", holdout=True)
     with pytest.raises(ValueError, match="held-out categories have no train images"):
         scenes(emoji_root, holdout=True)

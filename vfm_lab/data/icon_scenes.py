@@ -65,8 +65,8 @@ def load(split: str = "train", n: int = 2000, image_size: int = 64, seed: int = 
                 or (hi is not None and value > hi)):
             raise ValueError(f"{name}={value!r} must be an integer from {lo}" + (f" to {hi}" if hi else " up"))
     pool = icon_sets.load(source, split, holdout=holdout, root=root)  # refuses holdout with split="train"
-    if pool.num_classes < max_objects:
-        raise ValueError(f"{source} {split} holdout={holdout} has {pool.num_classes} categories; a scene of "
+    if len(pool.labels.unique()) < max_objects:
+        raise ValueError(f"{source} {split} holdout={holdout} has icons of {len(pool.labels.unique())} categories; a scene of "
                          f"max_objects={max_objects} icons of different categories needs as many")
     g = torch.Generator().manual_seed(((seed * 1_000_003 + ("train", "test").index(split)) * 2 + holdout) * 7919)
     return _compose(pool, n, image_size, max_objects, g, f"icon-scenes-{source}")
@@ -81,9 +81,10 @@ def _compose(pool: ImageSet, n: int, size: int, k_max: int, g: torch.Generator, 
     texture = torch.randint(len(TEXTURES), (n,), generator=g)
     chosen = torch.full((n, k_max), -1)  # icon index in the pool per slot
     cells, absent = torch.empty(n, dtype=torch.long), torch.empty(n, dtype=torch.long)
+    stocked = pool.labels.unique()  # the categories with icons in this split (a test split may lack some)
     for i in range(n):
         images[i] = _background(texture[i], size, g)
-        order = torch.randperm(pool.num_classes, generator=g)[:k_max + 1]
+        order = stocked[torch.randperm(len(stocked), generator=g)[:k_max + 1]]  # every category when all are stocked
         categories = order[:count[i]]
         absent[i] = order[k_max] if len(order) > k_max else -1  # asked about, never shown (when one is left)
         boxes = []
