@@ -144,3 +144,14 @@ def test_resnet18_is_timm_resnet18_with_the_cifar_stem():
 def test_parameter_counts_match_the_documented_table():
     counts = {n: sum(p.numel() for p in build_backbone(n).parameters()) for n in BACKBONE_NAMES}
     assert counts == {"convnet-s": 1_238_656, "resnet18": 11_168_832, "vit-nano": 808_064, "vit-tiny": 5_360_832}
+
+
+def test_building_a_feature_pyramid_leaves_the_backbone_as_it_was():
+    """The pyramid probes the stage shapes with a zero image: in eval mode, so BatchNorm's statistics stay put."""
+    from vfm_lab.backbones import FeaturePyramid
+
+    net = build_backbone("convnet-s")
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    pyramid = FeaturePyramid(net, 16)
+    assert (pyramid.grid, pyramid.stride) == (8, 4.0) and net.training
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())

@@ -57,6 +57,8 @@ from timm.models.resnet import BasicBlock, ResNet
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from vfm_lab.runtime import eval_mode
+
 BACKBONE_NAMES = ("convnet-s", "resnet18", "vit-nano", "vit-tiny")
 
 # name -> timm constructor arguments (without in_chans, image size and head).
@@ -138,7 +140,7 @@ class FeaturePyramid(nn.Module):
     def __init__(self, backbone: Backbone, width: int) -> None:
         super().__init__()
         if backbone.patch_size is None:
-            with torch.no_grad():
+            with torch.no_grad(), eval_mode(backbone):  # in train mode the probe would move BatchNorm's statistics
                 probe = backbone.model.forward_intermediates(
                     torch.zeros(1, backbone.in_chans, backbone.image_size, backbone.image_size),
                     indices=list(PYRAMID_STAGES), intermediates_only=True)

@@ -83,13 +83,25 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
 
 @contextlib.contextmanager
 def eval_mode(module: torch.nn.Module):
-    """``module`` in eval mode inside the block, then back in the mode it was in (also after an error)."""
-    was_training = module.training
+    """``module`` in eval mode inside the block, then each of its submodules back in the mode it was in (also after
+    an error). Per submodule, not ``module.train(was_training)``: a submodule shared with a model under evaluation
+    (chapter 08's grounder evaluates on its CLIP's image tower and embeds its prompts with that CLIP) stays in eval.
+
+    >>> outer, inner = torch.nn.Sequential(torch.nn.BatchNorm1d(2)), torch.nn.Sequential()
+    >>> inner.shared = outer[0]
+    >>> with eval_mode(outer):
+    ...     with eval_mode(inner):
+    ...         pass
+    ...     outer[0].training
+    False
+    """
+    modes = [(m, m.training) for m in module.modules()]
     module.eval()
     try:
         yield module
     finally:
-        module.train(was_training)
+        for m, was_training in modes:
+            m.training = was_training
 
 
 def seed_everything(seed: int) -> None:
