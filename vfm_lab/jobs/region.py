@@ -226,13 +226,14 @@ def detection_metrics(model: Grounder, data: RegionData, out_dir: str | Path | N
 
 
 def train_grounder(cfg: RegionConfig, name: str = "glip", text_tower: str | None = None,
-                   data: RegionData | None = None) -> Run:
-    """The grounder on ``text_tower``'s CLIP (default ``cfg.text_tower``; :func:`clip_towers`), trained on the boxes of
-    the seen categories into ``cfg.out_dir/name`` (a rerun resumes), then grounding and detection; the metrics go to
-    ``results.json`` under ``name``, with the line that says where the towers came from (``towers``)."""
+                   data: RegionData | None = None, towers: tuple[ClipModel, str] | None = None) -> Run:
+    """The grounder on ``text_tower``'s CLIP (default ``cfg.text_tower``; ``towers``: what :func:`clip_towers` returned
+    for it, else it is called here), trained on the boxes of the seen categories into ``cfg.out_dir/name`` (a rerun
+    resumes), then grounding and detection; the metrics go to ``results.json`` under ``name``, with the line that says
+    where the towers came from (``towers``)."""
     data = data if data is not None else region_splits(cfg)
     text_tower = text_tower or cfg.text_tower
-    towers, line = clip_towers(cfg, data, text_tower)
+    towers, line = towers if towers is not None else clip_towers(cfg, data, text_tower)
     seed_everything(cfg.seed)
     model = build_grounder(cfg, data, towers)
     run = train(cfg, model, name, data.train, lr_scale=pretrained_lr(cfg))
