@@ -124,3 +124,16 @@ def test_chapter_08_job_under_torchrun(tmp_path):
     assert {"grounding_acc", "seen_AP50", "heldout_AP50"} <= set(results["glip"])
     gt = json.loads((tmp_path / "run" / "glip" / "coco" / "heldout_gt.json").read_text())
     assert {c["name"] for c in gt["categories"]} == {"heart", "ring"}
+
+
+def test_chapter_09_job_under_torchrun(tmp_path):
+    """`torchrun -m vfm_lab train 09`: the promptable segmenter (each rank its own objects, boxes and follow-up clicks;
+    every part, the background-point embedding included, gets a gradient on every rank), then the CLIP towers and the
+    open-vocabulary segmenter; rank 0 evaluates."""
+    proc = torchrun(["-m", "vfm_lab", "train", "09", "-p", "scale=smoke", "-p", "n_train=64", "-p", "n_test=16",
+                     "-p", "batch_size=8", "-p", f"out_dir={tmp_path / 'run'}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["sam"]["world_size"] == 2 and results["lseg"]["world_size"] == 2
+    assert {"click1_miou", "flood_miou", "encoder_ms_per_image"} <= set(results["sam"])
+    assert {"seen_miou", "heldout_miou", "heldout_chance_miou"} <= set(results["lseg"])

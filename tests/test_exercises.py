@@ -105,7 +105,7 @@ KEY_LINES = {"01_supervised": ["cross-entropy", "CosFace", "sampled softmax"], "
              "03_contrastive": ["SimCLR", "MoCo v2", "MoCo v3"], "04_non_contrastive": ["BYOL", "SimSiam", "DINO"],
              "05_mim": ["MAE", "SimMIM", "MaskFeat", "BEiT"],
              "06_synergy": ["UniCL", "SLIP", "LiT", "FLIP", "MIM with CLIP targets"], "07_fusion": ["CoCa + ITM"],
-             "08_region": ["GLIP grounder"]}
+             "08_region": ["GLIP grounder"], "09_pixel": ["SAM", "LSeg"]}
 
 
 @pytest.mark.parametrize("chapter, methods", KEY_LINES.items())

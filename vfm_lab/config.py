@@ -636,7 +636,33 @@ class FusionConfig(TrainConfig):
 
 
 @dataclass
-class RegionConfig(TwoTowerConfig):
+class SceneConfig(TwoTowerConfig):
+    """What the region and pixel chapters (08, 09) share: scenes of several objects with boxes, masks and phrases,
+    and chapter 02's CLIP towers, the text tower locked."""
+
+    dataset: str = param("shapes", "scenes with boxes, masks and phrases: shapes, or icon-scenes (icons of icon_set "
+                         "pasted on photographed textures; build the icon set first: bash data_scripts/fetch.sh emoji)",
+                         choices=("shapes", "icon-scenes"))
+    icon_set: str = param("emoji", "icon-scenes: whose icons are pasted", choices=ICON_SETS)
+    text_tower: str = param("scratch-s", "the text encoder, locked: scratch-s / scratch-b: chapter 02's CLIP text "
+                            "tower (its run when there is one, else trained here); minilm-locked: all-MiniLM-L6-v2 with "
+                            "chapter 02's projection (the image tower comes from the same CLIP run)",
+                            choices=("scratch-s", "scratch-b", "minilm-locked"))
+    tower_epochs: int = param(1, "epochs of CLIP on the scenes' captions when chapter 02 has no run to load", min=1)
+    backbone_lr_scale: float = param(1.0, "learning rate of the pretrained image tower and its projection, as a share "
+                                     "of lr (0.1 grounded no better at lab, 6 epochs: the shapes need new features)",
+                                     min=0.0, max=1.0)
+    max_objects: int = param(4, "objects per scene, at most (the icon scenes: at most 3)", min=1, max=4)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.dataset == "icon-scenes" and self.max_objects > ICON_SCENES_MAX_OBJECTS:
+            raise ConfigError(f"max_objects={self.max_objects}: the icon scenes hold at most "
+                              f"{ICON_SCENES_MAX_OBJECTS} icons; choose 1 to {ICON_SCENES_MAX_OBJECTS}")
+
+
+@dataclass
+class RegionConfig(SceneConfig):
     """Chapter 08: region level -- phrase grounding and open-vocabulary detection (GLIP / OWL-ViT in miniature)."""
 
     CHAPTER: ClassVar[str] = "08_region"
@@ -646,41 +672,68 @@ class RegionConfig(TwoTowerConfig):
         "full": dict(n_train=100000, n_test=5000, epochs=30, batch_size=256, backbone="resnet18", image_size=64,
                      tower_epochs=30, width=256),
     }
-    dataset: str = param("shapes", "scenes with boxes and phrases: shapes, or icon-scenes (icons of icon_set pasted on "
-                         "photographed textures; build the icon set first: bash data_scripts/fetch.sh emoji)",
-                         choices=("shapes", "icon-scenes"))
-    icon_set: str = param("emoji", "icon-scenes: whose icons are pasted", choices=ICON_SETS)
     lr: float = param(2e-3, "peak AdamW learning rate after warm-up (the pretrained image tower: backbone_lr_scale "
                       "of it)", min=MIN_LR)
     weight_decay: float = param(0.05, "AdamW weight decay (not on biases, norms, scale and bias)", min=0.0)
-    text_tower: str = param("scratch-s", "the text encoder, locked: scratch-s / scratch-b: chapter 02's CLIP text "
-                            "tower (its run when there is one, else trained here); minilm-locked: all-MiniLM-L6-v2 with "
-                            "chapter 02's projection (the image tower comes from the same CLIP run)",
-                            choices=("scratch-s", "scratch-b", "minilm-locked"))
     part: str = param("all", "what the command-line job measures (the notebook: all): the grounder with text_tower; or "
                       "also the same grounder on the other text encoder (scratch <-> minilm-locked)",
                       choices=("all", "grounder"))
-    tower_epochs: int = param(1, "epochs of CLIP on the scenes' captions when chapter 02 has no run to load", min=1)
-    backbone_lr_scale: float = param(1.0, "learning rate of the pretrained image tower and its projection, as a share "
-                                     "of lr (0.1 grounded no better at lab, 6 epochs: the shapes need new features)",
-                                     min=0.0, max=1.0)
     width: int = param(128, "channels of the feature pyramid and of the box head", min=8)
     box_weight: float = param(2.0, "weight of the box loss (GIoU + L1) against the alignment loss", min=0.0)
     radius: float = param(0.75, "a cell within this many strides of an object's centre (and inside its box) is one "
                           "of its positives (the nearest cell always is)", min=0.1)
-    max_objects: int = param(4, "objects per scene, at most (the icon scenes: at most 3)", min=1, max=4)
-
-    def validate(self) -> None:
-        super().validate()
-        if self.dataset == "icon-scenes" and self.max_objects > ICON_SCENES_MAX_OBJECTS:
-            raise ConfigError(f"max_objects={self.max_objects}: the icon scenes hold at most "
-                              f"{ICON_SCENES_MAX_OBJECTS} icons; choose 1 to {ICON_SCENES_MAX_OBJECTS}")
 
     def model_kwargs(self) -> dict[str, Any]:
         """The arguments of :class:`~vfm_lab.methods.glip.Grounder` that this config sets."""
         return dict(width=self.width, box_weight=self.box_weight, radius=self.radius)
 
 
+@dataclass
+class PixelConfig(SceneConfig):
+    """Chapter 09: pixel level -- a promptable segmenter (SAM in miniature) and open-vocabulary segmentation (LSeg)."""
+
+    CHAPTER: ClassVar[str] = "09_pixel"
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "smoke": dict(dataset="shapes", n_train=256, n_test=64, epochs=2, batch_size=32, seg_epochs=1, tower_epochs=1),
+        "lab": dict(n_train=4000, n_test=500, epochs=20, batch_size=64, seg_epochs=10, tower_epochs=3),
+        "full": dict(n_train=100000, n_test=5000, epochs=20, batch_size=256, image_size=64, seg_epochs=20,
+                     tower_epochs=30, dim=128, width=128),
+    }
+    dataset: str = param("icon-scenes", "scenes with instance masks: icon-scenes (icons of icon_set pasted on "
+                         "photographed textures; build the icon set first: bash data_scripts/fetch.sh emoji), or shapes "
+                         "(flat-coloured: a colour flood fill segments them almost perfectly)",
+                         choices=("shapes", "icon-scenes"))
+    max_objects: int = param(3, "objects per scene, at most (the icon scenes: at most 3)", min=1, max=4)
+    backbone: str = param("convnet-s", "a backbone whose feature pyramid has stride 4, which the mask decoder upsamples "
+                          "4x to the image size (resnet18's has stride 2)", choices=("convnet-s", "vit-nano", "vit-tiny"))
+    lr: float = param(3e-3, "peak AdamW learning rate after warm-up", min=MIN_LR)
+    weight_decay: float = param(0.05, "AdamW weight decay (not on biases and norms)", min=0.0)
+    part: str = param("all", "what the command-line job measures (the notebook: all): the promptable segmenter; or also "
+                      "the open-vocabulary segmenter", choices=("all", "prompts"))
+    dim: int = param(64, "channels of the image embedding, the prompt tokens and the mask decoder (a multiple of 8 "
+                     "and of heads)", min=8)
+    depth: int = param(2, "blocks of the mask decoder's two-way transformer", min=1)
+    heads: int = param(4, "attention heads of the mask decoder", min=1)
+    mlp_dim: int = param(256, "hidden units of the mask decoder's MLPs", min=8)
+    clicks: int = param(2, "prompts per object in training: a point or a box, then points from the error region",
+                        min=1, max=8)
+    box_noise: float = param(0.1, "training boxes are jittered by this share of their side (SAM: 0.1)", min=0.0,
+                             max=0.5)
+    seg_epochs: int = param(10, "epochs of the open-vocabulary segmenter", min=1)
+    width: int = param(64, "channels of the open-vocabulary segmenter's feature pyramid", min=8)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.dim % self.heads or self.dim % 8:
+            raise ConfigError(f"dim={self.dim} must be a multiple of 8 and of heads={self.heads}")
+
+    def sam_kwargs(self) -> dict[str, Any]:
+        """The arguments of :class:`~vfm_lab.methods.sam.PromptableSegmenter` that this config sets."""
+        return dict(dim=self.dim, depth=self.depth, heads=self.heads, mlp_dim=self.mlp_dim, clicks=self.clicks,
+                    box_noise=self.box_noise)
+
+
 CONFIGS: dict[str, type[LabConfig]] = {c.CHAPTER: c for c in (TourConfig, SupervisedConfig, ClipConfig,
                                                                ContrastiveConfig, NonContrastiveConfig, MIMConfig,
-                                                               SynergyConfig, FusionConfig, RegionConfig)}
+                                                               SynergyConfig, FusionConfig, RegionConfig,
+                                                               PixelConfig)}

@@ -164,6 +164,28 @@ FIGURES: dict[str, tuple[str, dict[str, Box], list[Arrow]]] = {
         [("x", "fi", "", "grad"), ("t", "ft", "", "nograd"), ("ft", "p", "", "nograd"), ("fi", "o", "", "grad"),
          ("fi", "box", "", "grad"), ("o", "align", "", "grad"), ("p", "align", "", "nograd"),
          ("box", "lbox", "", "grad")]),
+    "sam": (
+        "SAM: the image encoder runs once per image; the light decoder answers every prompt with 3 masks and their IoU",
+        {"x": (0.6, 3.3, "image", "data"), "enc": (2.6, 3.3, "image encoder\n+ neck\n(once per image)", "net"),
+         "emb": (4.8, 3.3, "image\nembedding", "data"),
+         "pr": (0.6, 1.0, "prompt: points,\nbox, last mask", "data"),
+         "pe": (2.6, 1.0, "prompt encoder:\nFourier features\n+ type embeddings", "net"),
+         "dec": (5.0, 1.9, "mask decoder:\ntwo-way attention,\nupsampling x4", "net"),
+         "out": (7.2, 2.2, "3 masks\n+ predicted IoU", "data"),
+         "loss": (9.3, 3.2, "focal + dice\non the best mask", "loss"),
+         "liou": (9.3, 1.0, "MSE on the\npredicted IoU", "loss")},
+        [("x", "enc", "", "grad"), ("enc", "emb", "", "grad"), ("emb", "dec", "", "grad"), ("pr", "pe", "", "grad"),
+         ("pe", "dec", "tokens", "grad"), ("dec", "out", "", "grad"), ("out", "loss", "", "grad"),
+         ("out", "liou", "", "grad"), ("out", "pr", "next click from the error", "nograd")]),
+    "lseg": (
+        "LSeg: every pixel's embedding against the text embeddings of the category names; the best match is its label",
+        {"x": (0.6, 3.3, "image", "data"), "fi": (2.8, 3.3, "image tower\n+ feature\npyramid", "net"),
+         "px": (5.2, 3.3, "pixel embeddings\n(upsampled\nto the image)", "net"),
+         "t": (0.6, 0.8, "'background',\n'star', 'heart', ...", "data"),
+         "ft": (2.8, 0.8, "text tower\n(locked)", "frozen"), "te": (5.2, 0.8, "text\nembeddings", "net"),
+         "loss": (8.2, 2.0, "s f.t per pixel\ncross-entropy over\nthe texts", "loss")},
+        [("x", "fi", "", "grad"), ("fi", "px", "", "grad"), ("t", "ft", "", "nograd"), ("ft", "te", "linear map", "nograd"),
+         ("px", "loss", "", "grad"), ("te", "loss", "", "grad")]),
 }
 
 

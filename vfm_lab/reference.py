@@ -52,6 +52,8 @@ CHAPTERS = {
                          "hard negatives, each against its trivial baseline; icon scenes"),
     "08_region": ("2.6", "regions: a GLIP-style grounder on chapter 02's CLIP towers, phrase grounding, COCO AP on seen "
                          "and held-out shapes, CLIP's text tower against a locked MiniLM"),
+    "09_pixel": ("2.6", "pixels: a SAM-style promptable segmenter against a flood fill and the box, clicks, the cost of "
+                        "each half; LSeg-style open-vocabulary segmentation on held-out icon categories"),
 }
 # The one number per chapter the README's table shows: (entry, column, baseline entry or None[, baseline column:
 # default the same column]).
@@ -65,6 +67,7 @@ README_HEADLINE = {
     "06_synergy": ("mim-clip-target", "linear_acc", "mim-mae"),
     "07_fusion": ("coca", "vqa_acc", "coca", "vqa_majority_acc"),
     "08_region": ("glip", "grounding_acc", "glip", "grounding_largest"),
+    "09_pixel": ("sam", "click1_miou", "sam", "flood_miou"),
 }
 
 

@@ -46,6 +46,9 @@ HEADLINES: dict[str, tuple[str, ...]] = {
                   "vqa_acc", "vqa_majority_acc", "itm_acc", "itm_contrastive_acc", "t2i_R@1", "train_seconds"),
     "08_region": ("grounding_acc", "grounding_largest", "grounding_centre", "seen_AP50", "heldout_AP50",
                   "heldout_object_AP50", "train_seconds"),
+    "09_pixel": ("click1_miou", "click3_miou", "box_miou", "flood_miou", "rectangle_miou", "encoder_per_decoder",
+                 "seen_miou", "seen_chance_miou", "heldout_miou", "heldout_background_miou", "heldout_chance_miou",
+                 "train_seconds"),
 }
 NOT_ENTRIES = ("chapter", "scale", "config")
 

@@ -15,6 +15,7 @@ import contextlib
 import random
 import re
 import time
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -143,3 +144,18 @@ def train_steps_per_second(method: torch.nn.Module, batch: dict[str, torch.Tenso
         optimizer.zero_grad(set_to_none=True)
     sync()
     return steps / (time.perf_counter() - start)
+
+
+def best_seconds(fn: Callable[[], Any], device: torch.device = torch.device("cpu"), repeats: int = 5) -> float:
+    """The fastest of ``repeats`` timed calls of ``fn`` (after one untimed warm-up call), in seconds, the GPU waited
+    for: for comparing the costs of two parts of one model in the same process."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    fn()
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return min(times)

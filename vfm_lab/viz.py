@@ -156,6 +156,59 @@ def detected_boxes(images: torch.Tensor, boxes: Sequence[torch.Tensor], labels: 
     return fig
 
 
+def prompted_masks(images: torch.Tensor, masks: torch.Tensor, points: torch.Tensor | None = None,
+                   labels: torch.Tensor | None = None, boxes: torch.Tensor | None = None,
+                   titles: Sequence[str] | None = None) -> Figure:
+    """Images (N, 3, H, W) with a mask each (N, H, W) bool, tinted, and the prompts that asked for it: ``points``
+    (N, n, 2) pixels (x, y) with ``labels`` (N, n) (1 foreground: green +, 0 background: red x, -1 padding: not
+    drawn) and ``boxes`` (N, 4) xyxy, dashed."""
+    fig, axes = _subplots(1, len(images), figsize=(2.4 * len(images), 2.7), squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        _show(ax, images[i])
+        tint = np.zeros((*masks[i].shape, 4))
+        tint[masks[i].numpy().astype(bool)] = (0.1, 0.4, 1.0, 0.55)
+        ax.imshow(tint, interpolation="nearest")
+        if boxes is not None:
+            x0, y0, x1, y1 = boxes[i].tolist()
+            ax.add_patch(matplotlib.patches.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
+                                                      color="yellow", lw=1.5, ls="--"))
+        if points is not None:
+            for (x, y), label in zip(points[i].tolist(), labels[i].tolist()):
+                if label >= 0:
+                    ax.plot(x, y, "+" if label > 0 else "x", color="lime" if label > 0 else "red", ms=9, mew=2.5)
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def label_maps(images: torch.Tensor, maps: Sequence[torch.Tensor], names: Sequence[str],
+               titles: Sequence[str]) -> Figure:
+    """Each image (N, 3, H, W) next to label maps of it: ``maps[j]`` (N, H, W), 0 to ``len(names) - 1`` an index
+    into ``names`` (0, the background: grey; 255, not counted: white), one column per map titled ``titles[j]``; a
+    legend of the names shown."""
+    colours = [(0.35, 0.35, 0.35, 1.0), *_class_colours(len(names) - 1)]
+    fig, axes = _subplots(len(images), 1 + len(maps), figsize=(2.2 * (1 + len(maps)) + 2, 2.2 * len(images)),
+                          squeeze=False)
+    shown: set[int] = set()
+    for i in range(len(images)):
+        _show(axes[i, 0], images[i])
+        for j, m in enumerate(maps):
+            rgb = np.ones((*m[i].shape, 3))
+            for c in m[i].unique().tolist():
+                if c < len(names):
+                    rgb[(m[i] == c).numpy()] = colours[c][:3]
+                    shown.add(c)
+            axes[i, j + 1].imshow(rgb, interpolation="nearest")
+            axes[i, j + 1].set(xticks=[], yticks=[])
+            if i == 0:
+                axes[i, j + 1].set_title(titles[j], fontsize=8)
+    handles = [matplotlib.patches.Patch(color=colours[c], label=names[c]) for c in sorted(shown)]
+    fig.legend(handles=handles, loc="center right", fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
+    return fig
+
+
 def _class_colours(num_classes: int) -> list:
     cmap = matplotlib.colormaps["tab10" if num_classes <= 10 else "tab20" if num_classes <= 20 else "turbo"]
     return [cmap(i if num_classes <= 20 else i / max(num_classes - 1, 1)) for i in range(num_classes)]

@@ -3,7 +3,7 @@
 A job is the chapter's main training run without the narration: load the data the
 config names, build the method, train it with the engine, evaluate the backbone, and
 write ``results.json``. The notebooks walk through the same steps one cell at a time.
-One module per chapter (``supervised``, ``clip``, ``ssl`` for 03 and 04, ``mim``, ``synergy``, ``fusion``, ``region``) on top
+One module per chapter (``supervised``, ``clip``, ``ssl`` for 03 and 04, ``mim``, ``synergy``, ``fusion``, ``region``, ``pixel``) on top
 of ``common`` (data splits, :func:`train`, the one way to train a method on a config, and the shared
 self-supervised :func:`pretrain`); every name is
 importable from ``vfm_lab.jobs``.
@@ -24,6 +24,10 @@ from vfm_lab.jobs.fusion import (CLIP_ONLY, FUSION_KEYS, QUESTION_TYPES, answer,
                                  true_attributes, vqa_accuracy, write_captions)
 from vfm_lab.jobs.mim import (MIM_METHODS, build_mim, finetune_low_label, mean_patch_probe, probe_and_finetune, probes,
                               train_mim)
+from vfm_lab.jobs.pixel import (CLICKS, TOLERANCES, build_segmenter, build_text_segmenter, decoder_timing,
+                                flood_fill, flood_tolerance, jaccard, object_iou, open_vocab_metrics, pixel_data,
+                                pixel_job, prompt_metrics, scene_objects, semantic_labels, train_segmenter,
+                                train_text_segmenter)
 from vfm_lab.jobs.region import (HELDOUT_SHAPES, OBJECT_PROMPT, TOWER_ENTRIES, RegionData, build_grounder,
                                  clip_towers, coco_ap, coco_json, detect_all, detection_metrics, grounder_texts,
                                  grounding_accuracy, object_categories, objects, other_tower, pretrained_lr,
@@ -42,4 +46,5 @@ JOBS: dict[str, Callable[[Any], dict[str, Any]]] = {"01_supervised": train_super
                                                     "05_mim": train_mim,
                                                     "06_synergy": synergy_job,
                                                     "07_fusion": fusion_job,
-                                                    "08_region": region_job}
+                                                    "08_region": region_job,
+                                                    "09_pixel": pixel_job}

@@ -31,21 +31,21 @@ def load_splits(cfg: TrainConfig) -> tuple[ImageSet, ImageSet]:
             load(cfg.dataset, "test", n=cfg.n_test or None, **kw))
 
 
-def on_available_data(cfg: TrainConfig) -> tuple[TrainConfig, str]:
+def on_available_data(cfg: TrainConfig, why: str = "the headline (each method against the random backbone on real "
+                      "images) needs it; on shapes it measures the shape class, which the scenes' colours crowd out"
+                      ) -> tuple[TrainConfig, str]:
     """``cfg`` and a line that names its data set; where ``cfg.dataset`` is the chapter's default real set
-    and this machine lacks it, ``cfg`` on ``shapes`` instead and a line that says so (chapters 03 to 05
-    measure their headline on Fashion-MNIST, and fall back rather than stop). A set the user chose is
-    not replaced: its loader says what is missing."""
+    and this machine lacks it, ``cfg`` on ``shapes`` instead and a line that says so and ``why`` it matters
+    (chapters 03 to 05 measure their headline on Fashion-MNIST, chapter 09 on the icon scenes, and fall back
+    rather than stop). A set the user chose is not replaced: its loader says what is missing."""
     default = next(f.default for f in dataclasses.fields(cfg) if f.name == "dataset")
     if cfg.dataset == "shapes" or cfg.dataset != default:
         return cfg, f"data: {cfg.dataset}"
+    kw = {"source": cfg.icon_set} if cfg.dataset == "icon-scenes" else {}
     try:
-        load(cfg.dataset, "test", n=2, seed=cfg.seed, image_size=cfg.image_size)
+        load(cfg.dataset, "test", n=2, seed=cfg.seed, image_size=cfg.image_size, **kw)
     except DataMissingError as e:
-        return (dataclasses.replace(cfg, dataset="shapes"),
-                f"data: shapes, because {e} -- the headline (each method against the random backbone on real "
-                f"images) needs {cfg.dataset}; on shapes it measures the shape class, which the scenes' colours "
-                f"crowd out")
+        return dataclasses.replace(cfg, dataset="shapes"), f"data: shapes, because {e} -- {cfg.dataset}: {why}"
     return cfg, f"data: {cfg.dataset}"
 
 

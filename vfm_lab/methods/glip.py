@@ -147,6 +147,33 @@ def alignment_logits(regions: torch.Tensor, phrases: torch.Tensor, scale: torch.
     return scale * regions @ phrases.T + bias
 
 
+def conv_tower(width: int) -> nn.Sequential:
+    """Two 3x3 conv-GroupNorm-ReLU layers of ``width`` channels: the dense head on the feature pyramid (shared with
+    chapter 09's :mod:`~vfm_lab.methods.lseg`)."""
+    return nn.Sequential(*[m for _ in range(2) for m in (nn.Conv2d(width, width, 3, padding=1),
+                                                         nn.GroupNorm(8 if width % 8 == 0 else 1, width), nn.ReLU())])
+
+
+def text_projections(dim: int, text_dim: int, image_proj: nn.Linear | None = None) -> tuple[nn.Linear, nn.Linear]:
+    """The image tower's projection ``image_proj`` from its ``dim`` channels into the ``text_dim``-dimensional space of
+    a locked text encoder (a new one when None), and ``text_proj``, a trained linear map on the locked text
+    embeddings, the identity at the start (shared with :mod:`~vfm_lab.methods.lseg`)."""
+    image_proj = image_proj if image_proj is not None else nn.Linear(dim, text_dim, bias=False)
+    if image_proj.out_features != text_dim:
+        raise ValueError(f"image_proj maps to {image_proj.out_features} dimensions, the text encoder gives "
+                         f"{text_dim}: take both towers from the same model")
+    text_proj = nn.Linear(text_dim, text_dim, bias=False)
+    nn.init.eye_(text_proj.weight)
+    return image_proj, text_proj
+
+
+def embed_locked(text_encoder: TextEncoder, texts: Sequence[str], device: torch.device | None = None) -> torch.Tensor:
+    """Unit-length embeddings (Q, E) of ``texts`` from a locked text encoder, without gradient, on ``device``."""
+    with torch.no_grad():
+        emb = F.normalize(text_encoder(list(texts)).float(), dim=-1)
+    return emb if device is None else emb.to(device)
+
+
 class Grounder(Method):
     """An image encoder with a feature map, dense box regression, and region-phrase alignment in place of a
     classifier (the module notes).
@@ -188,30 +215,21 @@ class Grounder(Method):
         dim, text_dim = backbone.embed_dim, table.shape[1]
         self.pyramid = FeaturePyramid(backbone, width)
         self.grid, self.stride = self.pyramid.grid, self.pyramid.stride
-        self.tower = nn.Sequential(*[m for _ in range(2) for m in (nn.Conv2d(width, width, 3, padding=1),
-                                                                   nn.GroupNorm(8 if width % 8 == 0 else 1, width),
-                                                                   nn.ReLU())])
+        self.tower = conv_tower(width)
         self.box_head = nn.Conv2d(width, 4, 3, padding=1)
         self.refine = nn.Conv2d(width, dim, 1)  # what the pyramid adds to the dense features, zero at the start
         nn.init.zeros_(self.refine.weight)
         nn.init.zeros_(self.refine.bias)
-        self.image_proj = image_proj if image_proj is not None else nn.Linear(dim, text_dim, bias=False)
-        if self.image_proj.out_features != text_dim:
-            raise ValueError(f"image_proj maps to {self.image_proj.out_features} dimensions, the text encoder gives "
-                             f"{text_dim}: take both towers from the same model")
-        self.text_proj = nn.Linear(text_dim, text_dim, bias=False)  # on the locked embeddings: identity at the start
-        nn.init.eye_(self.text_proj.weight)
+        self.image_proj, self.text_proj = text_projections(dim, text_dim, image_proj)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))  # s = exp(.) = 10 at the start
         self.logit_bias = nn.Parameter(torch.tensor(-math.log((1 - PRIOR) / PRIOR)))
         self.register_buffer("points", locations(self.grid, self.stride), persistent=False)
 
     # ---- the towers ------------------------------------------------------------------
-    @torch.no_grad()
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
         """Unit-length embeddings (Q, E) of ``texts`` from the locked text encoder, on this model's device."""
-        emb = F.normalize(self.text_encoder(list(texts)).float(), dim=-1)
         table = getattr(self, "text_table", None)
-        return emb if table is None else emb.to(table.device)
+        return embed_locked(self.text_encoder, texts, None if table is None else table.device)
 
     def regions(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unit-length region embeddings (B, HW, E) and box predictions (B, HW, 4) (see :func:`decode`)."""

@@ -14,13 +14,16 @@ mask) into masks, cheaply enough to run at every click. Here:
   for IoU, one per mask) and the prompt tokens attend to the image embedding and it to them (two-way), then the
   embedding is upsampled 4x and each mask token, through an MLP, becomes a per-pixel dot product: 3 masks for
   ambiguity (a click on a ring: the ring, its hole, both?) and a predicted IoU for each. The masks come out at
-  4 g pixels: the image size.
+  4 g pixels: the image size. Every prompt here gets the three masks: SAM's fourth mask token, a single mask for
+  prompts that leave no ambiguity, is not trained (its MLP is frozen, so that DDP does not wait for its gradient;
+  trained on the follow-up clicks, it halved the first click's mIoU of a short run).
 - **Loss** ([0] sec. 3 and appendix A): focal and dice, 20 : 1, on the best of the 3 masks only (the one with the
   lowest loss), plus the mean squared error between each mask's predicted IoU and its IoU with the true mask.
 - **Training prompts**, as SAM simulates an annotator: a first prompt, a point inside the object or a box jittered
   by noise of 10 % of its side, with equal chance; then follow-up points drawn from the error region of the previous
   prediction (foreground where it missed the object, background where it spilled), with the previous mask logits
-  fed back as a prompt. Every click adds to the loss.
+  fed back as a prompt. Every click adds to the loss. (With ``clicks=1`` no mask is fed back: the mask prompt's
+  convs are frozen too.)
 
 ``decode`` batches one prompt set per image (SAM's decoder repeats an image's embedding for each of its prompts:
 the same lines with the repeat left out).
@@ -52,6 +55,7 @@ from torchvision.ops import sigmoid_focal_loss
 from vfm_lab.backbones import Backbone, FeaturePyramid
 from vfm_lab.data.shapes import mask_boxes
 from vfm_lab.engine import Method
+from vfm_lab.runtime import eval_mode
 
 NUM_MASKS = 3  # SAM's multimask output: whole, part, subpart
 FOCAL_WEIGHT, DICE_WEIGHT = 20.0, 1.0  # [0] appendix A: "a linear combination of focal loss and dice loss in a 20:1 ratio"
@@ -144,6 +148,9 @@ class PromptableSegmenter(Method):
         self.decoder = MaskDecoder(transformer_dim=dim, transformer=TwoWayTransformer(depth=depth, embedding_dim=dim,
                                                                                       num_heads=heads, mlp_dim=mlp_dim),
                                    num_multimask_outputs=NUM_MASKS, iou_head_depth=3, iou_head_hidden_dim=dim)
+        self.decoder.output_hypernetworks_mlps[0].requires_grad_(False)  # the single-mask output: not used
+        if clicks == 1:  # one prompt per object: no previous mask to feed back
+            self.prompt_encoder.mask_downscaling.requires_grad_(False)
 
     # ---- the two halves --------------------------------------------------------------
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
@@ -169,10 +176,10 @@ class PromptableSegmenter(Method):
         b, c, h, w = embeddings.shape
         up = dec.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))  # (B, dim / 8, 4h, 4w)
         mask_tokens = hs[:, 1:1 + dec.num_mask_tokens]
-        hyper = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], 1)
-        masks = (hyper @ up.flatten(2)).view(b, -1, *up.shape[-2:])  # (B, 4, 4h, 4w) a dot product per pixel
-        iou = dec.iou_prediction_head(hs[:, 0])  # (B, 4)
-        return masks[:, 1:].float(), iou[:, 1:].float()  # the 3 multimask outputs ([0]: token 0 is for one mask)
+        hyper = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(dec.output_hypernetworks_mlps) if i], 1)
+        masks = (hyper @ up.flatten(2)).view(b, -1, *up.shape[-2:])  # (B, 3, 4h, 4w) a dot product per pixel
+        iou = dec.iou_prediction_head(hs[:, 0])  # (B, 4): the IoU of the single mask (token 0) is not used
+        return masks.float(), iou[:, 1:].float()
 
     # ---- the loss --------------------------------------------------------------------
     def mask_loss(self, logits: torch.Tensor, iou: torch.Tensor, target: torch.Tensor
@@ -214,3 +221,36 @@ class PromptableSegmenter(Method):
             previous = logits[torch.arange(len(x), device=x.device), best][:, None].detach()  # fed back as a prompt
         loss, focal, dice, iou_loss = (torch.stack(p).mean() for p in zip(*parts))
         return {"loss": loss, "focal_loss": focal.detach(), "dice_loss": dice.detach(), "iou_loss": iou_loss.detach()}
+
+
+class Predictor:
+    """segment_anything's ``SamPredictor`` in miniature: :meth:`set_image` runs the image encoder once, then
+    :meth:`predict` decodes any number of prompts on that embedding, as an annotator's clicks are answered."""
+
+    def __init__(self, model: PromptableSegmenter):
+        self.model, self.embedding = model, None
+
+    @torch.no_grad()
+    def set_image(self, image: torch.Tensor) -> None:
+        """``image``: (3, H, W) uint8, or float in [0, 1]."""
+        x = image.float() / 255 if image.dtype == torch.uint8 else image.float()
+        device = next(self.model.parameters()).device
+        with eval_mode(self.model):
+            self.embedding = self.model.encode_image(x[None].to(device))
+
+    @torch.no_grad()
+    def predict(self, points: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                box: torch.Tensor | None = None, mask_logits: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The 3 masks (3, H, W) bool, their predicted IoUs (3,) and logits (3, H, W) for ``points`` (n, 2) pixels
+        (x, y) with ``labels`` (n,) 1 foreground / 0 background, and/or a ``box`` (4,) xyxy, and optionally the
+        ``mask_logits`` (H, W) of an earlier prediction."""
+        if self.embedding is None:
+            raise RuntimeError("call set_image(image) before predict: the embedding is computed once per image")
+        emb = self.embedding
+        to = dict(device=emb.device, dtype=torch.float32)
+        with eval_mode(self.model):
+            logits, iou = self.model.decode(
+                emb, None if points is None else points.to(**to)[None], None if labels is None else labels.to(**to)[None],
+                None if box is None else box.to(**to)[None], None if mask_logits is None else mask_logits.to(**to)[None, None])
+        return logits[0] > 0, iou[0], logits[0]
