@@ -97,6 +97,12 @@ CASES = [
                                                                                  "hides no patch", "above 0"]),
     ("a codebook larger than its patches", "05_mim", {"codebook_size": 40000},
      ["codebook_size=40000", "32768 patches of n_train=512"]),
+    ("a mask decoder whose heads do not split its channels", "09_pixel", {"dim": 36},
+     ["dim=36", "multiple of 8 and of heads=4"]),
+    ("a pyramid the mask decoder cannot upsample to the image", "09_pixel", {"backbone": "resnet18"},
+     ["backbone='resnet18'", "'convnet-s'", "'vit-nano'", "'vit-tiny'"]),
+    ("more icons than a scene holds", "09_pixel", {"dataset": "icon-scenes", "max_objects": 4},
+     ["max_objects=4", "at most 3 icons", "1 to 3"]),
 ]
 if METHOD_CHAPTER:
     choices = dict((f.name, f.metadata["choices"]) for f in dataclasses.fields(CONFIGS[METHOD_CHAPTER]))["method"]

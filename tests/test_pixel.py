@@ -378,3 +378,18 @@ def test_a_short_run_names_the_pixels_of_the_seen_shapes():
     miou = jaccard(predicted, target, 7).nanmean().item()
     background = jaccard(torch.zeros_like(target), target, 7).nanmean().item()
     above("text segmenter: seen mIoU against 1.3 x all background", miou, 1.3 * background)
+
+
+def test_without_the_icon_set_the_chapter_falls_back_to_shapes_and_says_why(monkeypatch):
+    from vfm_lab.config import PixelConfig
+    from vfm_lab.data import DataMissingError
+    from vfm_lab.jobs import common
+    from vfm_lab.jobs.pixel import pixel_data
+
+    def missing(name, *args, **kwargs):
+        raise DataMissingError(f"{name}: the emoji icon set is not built (bash data_scripts/fetch.sh emoji)")
+
+    monkeypatch.setattr(common, "load", missing)
+    cfg, data, line = pixel_data(PixelConfig.from_params(scale="lab", n_train=64, n_test=16))
+    assert cfg.dataset == "shapes" and data.test.name.startswith("shapes")
+    assert "data: shapes, because icon-scenes: the emoji icon set is not built" in line and "flood fill" in line

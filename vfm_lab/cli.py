@@ -29,7 +29,7 @@ from typing import Any
 
 from vfm_lab import reference
 from vfm_lab.config import CONFIGS, ConfigError
-from vfm_lab.distributed import PeerStoppedError, leave_broken_group
+from vfm_lab.distributed import PeerStoppedError, leave_broken_group, leave_group
 from vfm_lab.errors import LabError
 from vfm_lab.results import REPO, entry_rows, headline_table
 
@@ -202,6 +202,7 @@ def train(args: argparse.Namespace) -> int:
         raise ConfigError(f"chapter {chapter} has no command-line job; choose one of {', '.join(JOBS)}")
     cfg = CONFIGS[chapter].from_params(**parse_params(args.param))
     results = JOBS[chapter](cfg)
+    leave_group()
     print(json.dumps(results, indent=1))
     return 0
 

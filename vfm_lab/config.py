@@ -708,8 +708,8 @@ class PixelConfig(SceneConfig):
                           "4x to the image size (resnet18's has stride 2)", choices=("convnet-s", "vit-nano", "vit-tiny"))
     lr: float = param(3e-3, "peak AdamW learning rate after warm-up", min=MIN_LR)
     weight_decay: float = param(0.05, "AdamW weight decay (not on biases and norms)", min=0.0)
-    part: str = param("all", "what the command-line job measures (the notebook: all): the promptable segmenter; or also "
-                      "the open-vocabulary segmenter", choices=("all", "prompts"))
+    part: str = param("all", "what the command-line job measures (the notebook: all): all, the promptable and the "
+                      "open-vocabulary segmenter; prompts, the promptable segmenter only", choices=("all", "prompts"))
     dim: int = param(64, "channels of the image embedding, the prompt tokens and the mask decoder (a multiple of 8 "
                      "and of heads)", min=8)
     depth: int = param(2, "blocks of the mask decoder's two-way transformer", min=1)

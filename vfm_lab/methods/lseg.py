@@ -1,6 +1,6 @@
 """Pixel level (survey section 2.6): open-vocabulary semantic segmentation, LSeg in miniature.
 
-LSeg [0] (fig. 1) segments by **matching every pixel's embedding with text embeddings**: a dense image encoder
+LSeg [0] (sec. 3) segments by **matching every pixel's embedding with text embeddings**: a dense image encoder
 gives a D-dimensional embedding per pixel, a locked text encoder embeds each category name (and a word for the
 background), and a pixel's label is the text it matches best. The classes are whatever texts are offered, so a
 category that no training mask was labelled with is still named by its text. Here, as in chapter 08's grounder:
