@@ -195,7 +195,8 @@ def test_coca_refuses_what_it_cannot_train_on():
         greedy_decode(model, torch.zeros(1, 64, 32), max_new=20)
     with pytest.raises(ValueError, match="width=0 must be at least 1"):
         beam_search(model, torch.zeros(1, 64, 32), max_new=4, width=0)
-    assert math.isinf(model.next_token_logprobs(torch.zeros(1, 64, 32), torch.tensor([[SOT]]))[0, PAD])
+    with torch.no_grad():
+        assert math.isinf(model.next_token_logprobs(torch.zeros(1, 64, 32), torch.tensor([[SOT]]))[0, PAD])
 
 
 # ---- chapter 07's evaluations -----------------------------------------------------------------------------------
