@@ -6,7 +6,7 @@ SCALE ?= lab
 NBVAL := build/nbval
 TEST_WORKERS ?= auto
 
-.PHONY: setup browser test-data data run reference test test-kernels bench lab student clean
+.PHONY: setup browser test-data data run reference test test-kernels bench lab student site clean
 
 setup: $(VENV)/.installed
 
@@ -82,6 +82,12 @@ bench: setup
 # The student notebooks: each exercise's solution replaced by `raise NotImplementedError()` (nbgrader's ClearSolutions).
 student: setup
 	$(BIN)/python -m vfm_lab.exercises build/student notebooks/*.ipynb
+
+# The course as a website: build/site/index.html and one page per chapter with the outputs of its newest finished run
+# under SITE_RUNS (default runs/, what `make run` writes; `make site SITE_RUNS=runs/reference` shows the reference runs).
+SITE_RUNS ?= runs
+site: setup
+	$(BIN)/python -m vfm_lab.site $(SITE_RUNS) build/site
 
 # JupyterLab on the chapters.
 lab: setup

@@ -218,3 +218,57 @@ def test_tour_runs_in_jupyterlab_in_chromium(lab_server):
     assert n_widgets >= 1, "no ipywidgets slider rendered"
     assert slider_moves_scene, "moving the slider did not change the scene's caption (no kernel round trip)"
     assert n_images >= 1, "no plot image rendered"
+
+
+SITE_SCREENSHOT = ROOT / "build" / "browser" / "site_00_tour.png"
+
+
+def test_the_site_links_every_chapter_and_shows_the_plots_of_a_run(tmp_path):
+    """`make site` read in Chromium: built from a runs folder that holds one finished run (chapter 00 at smoke, by
+    `vfm-lab run`), the index links every chapter; each page opens from its link, links back and says where its
+    outputs come from; the run's page shows its plots inline and no traceback. A screenshot of that page goes to
+    build/browser/site_00_tour.png."""
+    from playwright.sync_api import sync_playwright
+
+    from vfm_lab.reference import CHAPTERS
+    from vfm_lab.site import build_site
+
+    if reason := _missing_browser_message():
+        if os.environ.get("CI"):
+            pytest.fail(f"the site's browser test cannot run: {reason}")
+        pytest.skip(reason)
+    runs = tmp_path / "runs"
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONPATH": str(ROOT)}
+    subprocess.run([str(BIN / "vfm-lab"), "run", "00", "-p", "scale=smoke", "--runs-dir", str(runs), "--quiet"],
+                   check=True, capture_output=True, env=env, timeout=RUN_TIMEOUT_S)
+    sources = build_site(runs, tmp_path / "site")
+    assert sources["00_tour"].startswith(str(runs)) and all("not run yet" in s for c, s in sources.items() if c != "00_tour")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu",
+                                                                    "--disable-dev-shm-usage", "--no-first-run"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            index = (tmp_path / "site" / "index.html").as_uri()
+            page.goto(index)
+            links = page.eval_on_selector_all("table a", "els => els.map(e => e.getAttribute('href'))")
+            assert links == [f"{c}.html" for c in CHAPTERS]
+            for chapter in CHAPTERS:
+                page.goto(index)
+                page.click(f"a[href='{chapter}.html']")
+                page.wait_for_load_state()
+                assert page.url.endswith(f"/{chapter}.html")
+                banner = page.inner_text(".vfm-banner")
+                assert page.locator(".jp-Cell").count() > 5  # the chapter's cells are there
+                if chapter == "00_tour":
+                    plots = page.locator(".jp-RenderedImage img").count()
+                    assert plots >= 3 and "outputs of the run" in banner, (plots, banner)
+                    assert "Traceback" not in page.inner_text("body")
+                    SITE_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+                    page.screenshot(path=str(SITE_SCREENSHOT), full_page=False)
+                else:
+                    assert "not run yet" in banner
+                page.click(".vfm-banner a")
+                page.wait_for_load_state()
+                assert page.url == index
+        finally:
+            browser.close()

@@ -167,3 +167,26 @@ def test_each_chapter_shows_the_figure_of_each_method_it_teaches(chapter, method
     shown = [m for c in nb["cells"] if c["cell_type"] == "code"
              for m in re.findall(r'method_figure\("(\w+)"\)', "".join(c["source"]))]
     assert shown == methods
+
+
+def test_prompted_masks_draws_each_mask_its_clicks_and_its_box():
+    images = torch.zeros(2, 3, 16, 16, dtype=torch.uint8)
+    masks = torch.zeros(2, 16, 16, dtype=torch.bool)
+    masks[:, 4:8, 4:8] = True
+    points, labels = torch.tensor([[[5.0, 5.0], [12.0, 12.0]], [[6.0, 6.0], [0.0, 0.0]]]), torch.tensor([[1, 0], [1, -1]])
+    fig = viz.prompted_masks(images, masks, points, labels, torch.tensor([[3.0, 3.0, 9.0, 9.0]] * 2), titles=["a", "b"])
+    first, second = fig.axes
+    assert [m.get_marker() for m in first.lines] == ["+", "x"] and [m.get_marker() for m in second.lines] == ["+"]
+    assert len(first.patches) == 1 and len(first.images) == 2 and first.get_title() == "a"  # the image, then the tint
+
+
+def test_label_maps_put_each_map_beside_its_image_and_name_the_labels_shown():
+    images = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    truth = torch.zeros(2, 8, 8, dtype=torch.uint8)
+    truth[0, :4] = 2
+    predicted = truth.clone()
+    predicted[1, 0, 0] = 255  # not counted: white
+    fig = viz.label_maps(images, [truth, predicted], ["background", "star", "heart"], ["true", "predicted"])
+    assert len(fig.axes) == 6 and fig.axes[1].get_title() == "true"
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["background", "heart"]
+    assert fig.axes[5].images[0].get_array()[0, 0].tolist() == [1.0, 1.0, 1.0]

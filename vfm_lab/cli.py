@@ -31,9 +31,7 @@ from vfm_lab import reference
 from vfm_lab.config import CONFIGS, ConfigError
 from vfm_lab.distributed import PeerStoppedError, leave_broken_group, leave_group
 from vfm_lab.errors import LabError
-from vfm_lab.results import REPO, entry_rows, headline_table
-
-NOTEBOOKS = REPO / "notebooks"
+from vfm_lab.results import NOTEBOOKS, entry_rows, headline_table
 
 
 def parse_value(text: str) -> Any:

@@ -26,6 +26,7 @@ from typing import Any
 from vfm_lab.evaluate import write_results
 
 REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = REPO / "notebooks"  # the chapters, stored without outputs
 RUNS = REPO / "runs"  # where `vfm-lab run` puts its run folders by default (--runs-dir)
 
 HEADLINES: dict[str, tuple[str, ...]] = {
