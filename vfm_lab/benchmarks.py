@@ -1,4 +1,4 @@
-"""Benchmarks, as ratios measured in one process (``vfm-lab bench engine|shapes|ssl|mim|all``).
+"""Benchmarks, as ratios measured in one process (``vfm-lab bench engine|shapes|ssl|mim|methods|all``).
 
 - engine: seconds per optimizer step of :func:`vfm_lab.engine.fit` against a minimal
   hand-written PyTorch loop (same model, batch, augmentation, optimizer, precision).
@@ -12,6 +12,9 @@
   helpers and transforms, in its documented DataLoader pipeline) on the same backbone,
   batch, view recipes, optimizer and precision; and where the time goes (augmentation
   against the model's forward, backward and update). Needs lightly (``pip install -e ".[test]"``).
+- methods: for every chapter's methods, as their jobs build them, images per second of a full training step on
+  one batch, its FLOPs (``torch.utils.flop_counter``: forward and backward) and its model FLOP utilisation against
+  an n x n matrix product on the same CPU in the same precision; the table goes to ``benchmarks/methods.md``.
 - mim: images per second of an MAE training step against a SimMIM step on the same ViT,
   and of their encoders alone: MAE's encoder runs on the visible quarter of the patches (17 of
   65 tokens at 32 px with the class token) and a narrow decoder fills in the rest; SimMIM's
@@ -22,7 +25,9 @@
 from __future__ import annotations
 
 import copy
+import functools
 import time
+from typing import Callable
 
 import torch
 from torch import nn
@@ -35,9 +40,11 @@ from vfm_lab.jobs import supervised_augment
 from vfm_lab.methods.mae import MAE
 from vfm_lab.methods.simmim import SimMIM
 from vfm_lab.methods.supervised import Classifier
-from vfm_lab.runtime import autocast, resolve_precision, train_steps_per_second
+from vfm_lab.results import REPO
+from vfm_lab.runtime import autocast, best_seconds, resolve_precision, train_steps_per_second
 
 BATCH, SIZE, STEPS = 128, 32, 30
+METHODS_TABLE = REPO / "benchmarks" / "methods.md"  # what `vfm-lab bench methods` last measured, committed
 
 
 def _classifier(data) -> Classifier:
@@ -285,6 +292,97 @@ def bench_mim(backbone: str = "vit-nano", batch_size: int = 128, steps: int = 10
             "backbone": backbone, "precision": str(dtype), "threads": torch.get_num_threads()}
 
 
+def _chapter_methods(size: int = 32) -> dict[str, Callable[[], tuple[nn.Module, ImageSet]]]:
+    """Every chapter's methods as its job builds them (the ``smoke`` configs' hyper-parameters), each with the scenes
+    its batches come from (chapters 08 and 09 on CLIP towers built fresh: the cost does not depend on their weights)."""
+    from vfm_lab import jobs
+    from vfm_lab.config import (ClipConfig, ContrastiveConfig, FusionConfig, MIMConfig, NonContrastiveConfig,
+                                PixelConfig, RegionConfig, SupervisedConfig, SynergyConfig)
+
+    shapes = load("shapes", "train", n=256, image_size=size)
+    sup, clip, syn, fus = (c.from_params() for c in (SupervisedConfig, ClipConfig, SynergyConfig, FusionConfig))
+    con, non, mim = ContrastiveConfig.from_params(), NonContrastiveConfig.from_params(), MIMConfig.from_params()
+    reg, pix = RegionConfig.from_params(n_train=256), PixelConfig.from_params(n_train=256)
+    scenes = functools.cache(lambda chapter: jobs.region_splits(reg if chapter == "08" else pix))
+    out: dict[str, Callable[[], tuple[nn.Module, ImageSet]]] = {
+        "supervised (01)": lambda: (jobs.build_supervised(sup, shapes), shapes),
+        "CLIP (02)": lambda: (jobs.build_clip(clip, shapes), shapes)}
+    for name in ("simclr", "moco_v2", "moco_v3"):
+        out[f"{name} (03)"] = lambda name=name: (jobs.build_contrastive(con, jobs.fresh_backbone(con, shapes), name),
+                                                 shapes)
+    for name in ("byol", "simsiam", "dino"):
+        backbone = non.dino_backbone if name == "dino" else None
+        out[f"{name} (04)"] = lambda name=name, backbone=backbone: (
+            jobs.build_non_contrastive(non, jobs.fresh_backbone(non, shapes, backbone), name), shapes)
+    for name in jobs.MIM_METHODS:
+        out[f"{name} (05)"] = lambda name=name: (jobs.build_mim(mim, name, shapes), shapes)
+    for name in ("slip", "unicl"):
+        out[f"{name} (06)"] = lambda name=name: (jobs.build_pair_model(syn, shapes, name), shapes)
+    out["coca (07)"] = lambda: (jobs.build_coca(fus, fusion := jobs.fusion_splits(fus)[0]), fusion)
+    out["glip (08)"] = lambda: (jobs.build_grounder(reg, scenes("08"), jobs.build_clip(reg, scenes("08").captions)),
+                                scenes("08").train)
+    out["sam (09)"] = lambda: (jobs.build_segmenter(pix, scenes("09").captions), scenes("09").captions)
+    out["lseg (09)"] = lambda: (jobs.build_text_segmenter(pix, scenes("09"), jobs.build_clip(pix, scenes("09").captions)),
+                                scenes("09").train)
+    return out
+
+
+def step_flops(method: nn.Module, batch: dict[str, torch.Tensor], dtype: torch.dtype) -> float:
+    """Floating-point operations of one training step's forward and backward, counted by
+    ``torch.utils.flop_counter`` (matrix products and convolutions; the optimizer's elementwise update is left out)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        with autocast(torch.device("cpu"), dtype):
+            loss = method(batch)["loss"]
+        loss.backward()
+    method.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 1024) -> float:
+    """FLOP/s of an n x n matrix product on this CPU in ``dtype``: the peak a training step's MFU is measured
+    against (the best of five)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    return 2 * n ** 3 / best_seconds(lambda: a @ b)
+
+
+def bench_methods(batch_size: int = 64, steps: int = 5, precision: str = "auto",
+                  names: tuple[str, ...] | None = None) -> dict[str, dict[str, float]]:
+    """Per method of every chapter (or of ``names``): images per second of a full training step (forward, backward,
+    AdamW) on one batch of ``batch_size``, the step's FLOPs, and the model FLOP utilisation (achieved FLOP/s over
+    :func:`matmul_peak` in the same precision). Peak memory is left out on the CPU (PyTorch has no CPU allocator
+    statistics)."""
+    dtype = resolve_precision(precision, torch.device("cpu"))
+    peak = matmul_peak(dtype)
+    table = {}
+    for name, build in _chapter_methods().items():
+        if names is not None and name not in names:
+            continue
+        torch.manual_seed(0)
+        method, data = build()
+        method.train()
+        batch = next(batches(data, batch_size, seed=0))
+        flops = step_flops(method, batch, dtype)
+        train_steps_per_second(method, batch, 1, dtype)  # warm-up: allocator, kernels
+        per_s = train_steps_per_second(method, batch, steps, dtype)
+        table[name] = {"images_per_s": batch_size * per_s, "gflop_per_step": flops / 1e9, "mfu": flops * per_s / peak}
+    return table
+
+
+def methods_markdown(table: dict[str, dict[str, float]], precision: str = "auto", batch_size: int = 64) -> str:
+    """:func:`bench_methods`' table in Markdown, with the machine, precision and threads it ran with."""
+    from vfm_lab.reference import machine
+
+    dtype = resolve_precision(precision, torch.device("cpu"))
+    lines = [f"Training step per method (`vfm-lab bench methods`): batch {batch_size} at 32 px, {dtype}, "
+             f"{torch.get_num_threads()} thread(s), {machine()}; MFU against an n x n matrix product in the same "
+             f"precision", "", "| method (chapter) | images/s | GFLOP per step | MFU |", "|---|---|---|---|"]
+    lines += [f"| {k} | {v['images_per_s']:.0f} | {v['gflop_per_step']:.2f} | {100 * v['mfu']:.1f} % |"
+              for k, v in table.items()]
+    return "\n".join(lines)
+
+
 def main(what: str = "all") -> int:
     results = {}
     if what in ("engine", "all"):
@@ -295,6 +393,12 @@ def main(what: str = "all") -> int:
         results.update(bench_ssl())
     if what in ("mim", "all"):
         results.update(bench_mim())
+    if what in ("methods", "all"):
+        table = bench_methods()
+        print(methods_markdown(table))
+        METHODS_TABLE.parent.mkdir(exist_ok=True)
+        METHODS_TABLE.write_text(methods_markdown(table) + "\n")
+        print(f"(written to {METHODS_TABLE})")
     for k, v in results.items():
         print(f"{k:>28}: {v:.4g}" if isinstance(v, float) else f"{k:>28}: {v}")
     return 0
