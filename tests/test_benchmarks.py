@@ -29,5 +29,7 @@ def test_the_method_table_measures_every_chapters_methods():
     assert list(table) == ["supervised (01)", "sam (09)", "lseg (09)"]
     for row in table.values():
         assert row["images_per_s"] > 0 and row["gflop_per_step"] > 0 and 0 < row["mfu"] < 2
+        shares = [share for _, share in row["top_costs"]]
+        assert len(shares) == 5 and shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1
     text = methods_markdown(table, "fp32", 16)
-    assert "| sam (09) |" in text and "torch.float32" in text and "batch 16" in text
+    assert "| sam (09) |" in text and "torch.float32" in text and "batch 16" in text and " % |" in text

@@ -340,6 +340,24 @@ def step_flops(method: nn.Module, batch: dict[str, torch.Tensor], dtype: torch.d
     return float(counter.get_total_flops())
 
 
+def top_costs(method: nn.Module, batch: dict[str, torch.Tensor], dtype: torch.dtype, k: int = 5
+              ) -> list[tuple[str, float]]:
+    """Where one training step's time goes: the ``k`` operators with the most self CPU time (``torch.profiler``), each
+    with its share of the step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-4)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with autocast(torch.device("cpu"), dtype):
+            loss = method(batch)["loss"]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in ops)
+    return [(e.key, e.self_cpu_time_total / total) for e in ops[:k]]
+
+
 def matmul_peak(dtype: torch.dtype, n: int = 1024) -> float:
     """FLOP/s of an n x n matrix product on this CPU in ``dtype``: the peak a training step's MFU is measured
     against (the best of five)."""
@@ -350,8 +368,8 @@ def matmul_peak(dtype: torch.dtype, n: int = 1024) -> float:
 def bench_methods(batch_size: int = 64, steps: int = 5, precision: str = "auto",
                   names: tuple[str, ...] | None = None) -> dict[str, dict[str, float]]:
     """Per method of every chapter (or of ``names``): images per second of a full training step (forward, backward,
-    AdamW) on one batch of ``batch_size``, the step's FLOPs, and the model FLOP utilisation (achieved FLOP/s over
-    :func:`matmul_peak` in the same precision). Peak memory is left out on the CPU (PyTorch has no CPU allocator
+    AdamW) on one batch of ``batch_size``, the step's FLOPs, the model FLOP utilisation (achieved FLOP/s over
+    :func:`matmul_peak` in the same precision) and :func:`top_costs`. Peak memory is left out on the CPU (PyTorch has no CPU allocator
     statistics)."""
     dtype = resolve_precision(precision, torch.device("cpu"))
     peak = matmul_peak(dtype)
@@ -366,7 +384,8 @@ def bench_methods(batch_size: int = 64, steps: int = 5, precision: str = "auto",
         flops = step_flops(method, batch, dtype)
         train_steps_per_second(method, batch, 1, dtype)  # warm-up: allocator, kernels
         per_s = train_steps_per_second(method, batch, steps, dtype)
-        table[name] = {"images_per_s": batch_size * per_s, "gflop_per_step": flops / 1e9, "mfu": flops * per_s / peak}
+        table[name] = {"images_per_s": batch_size * per_s, "gflop_per_step": flops / 1e9, "mfu": flops * per_s / peak,
+                       "top_costs": top_costs(method, batch, dtype)}
     return table
 
 
@@ -377,8 +396,10 @@ def methods_markdown(table: dict[str, dict[str, float]], precision: str = "auto"
     dtype = resolve_precision(precision, torch.device("cpu"))
     lines = [f"Training step per method (`vfm-lab bench methods`): batch {batch_size} at 32 px, {dtype}, "
              f"{torch.get_num_threads()} thread(s), {machine()}; MFU against an n x n matrix product in the same "
-             f"precision", "", "| method (chapter) | images/s | GFLOP per step | MFU |", "|---|---|---|---|"]
-    lines += [f"| {k} | {v['images_per_s']:.0f} | {v['gflop_per_step']:.2f} | {100 * v['mfu']:.1f} % |"
+             f"precision; the top 5 operators by self CPU time of one step (torch.profiler)", "",
+             "| method (chapter) | images/s | GFLOP per step | MFU | where the time goes |", "|---|---|---|---|---|"]
+    lines += [f"| {k} | {v['images_per_s']:.0f} | {v['gflop_per_step']:.2f} | {100 * v['mfu']:.1f} % | "
+              + ", ".join(f"{op.removeprefix('aten::')} {100 * share:.0f} %" for op, share in v["top_costs"]) + " |"
               for k, v in table.items()]
     return "\n".join(lines)
 
