@@ -393,3 +393,16 @@ def test_without_the_icon_set_the_chapter_falls_back_to_shapes_and_says_why(monk
     cfg, data, line = pixel_data(PixelConfig.from_params(scale="lab", n_train=64, n_test=16))
     assert cfg.dataset == "shapes" and data.test.name.startswith("shapes")
     assert "data: shapes, because icon-scenes: the emoji icon set is not built" in line and "flood fill" in line
+
+
+def test_the_encoder_sweep_times_the_same_decoder_behind_each_encoder():
+    from vfm_lab.config import PixelConfig
+    from vfm_lab.jobs.pixel import BACKBONES, encoder_sweep
+
+    images = load("shapes", "test", n=4, image_size=32).images
+    sweep = encoder_sweep(PixelConfig.from_params(dim=32), images)
+    assert list(sweep) == list(BACKBONES)
+    for row in sweep.values():
+        assert row["encoder_ms_per_image"] > 0 and row["decoder_ms_per_prompt"] > 0
+        assert row["encoder_per_decoder"] == pytest.approx(row["encoder_ms_per_image"] / row["decoder_ms_per_prompt"])
+    assert sweep["vit-tiny"]["encoder_params_m"] > 4 * sweep["vit-nano"]["encoder_params_m"]

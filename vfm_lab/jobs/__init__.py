@@ -24,8 +24,8 @@ from vfm_lab.jobs.fusion import (CLIP_ONLY, FUSION_KEYS, QUESTION_TYPES, answer,
                                  true_attributes, vqa_accuracy, write_captions)
 from vfm_lab.jobs.mim import (MIM_METHODS, build_mim, finetune_low_label, mean_patch_probe, probe_and_finetune, probes,
                               train_mim)
-from vfm_lab.jobs.pixel import (CLICKS, TOLERANCES, build_segmenter, build_text_segmenter, decoder_timing,
-                                flood_fill, flood_tolerance, jaccard, object_iou, open_vocab_metrics, pixel_data,
+from vfm_lab.jobs.pixel import (BACKBONES, CLICKS, TOLERANCES, build_segmenter, build_text_segmenter, decoder_timing,
+                                encoder_sweep, flood_fill, flood_tolerance, jaccard, object_iou, open_vocab_metrics, pixel_data,
                                 pixel_job, prompt_metrics, scene_objects, semantic_labels, train_segmenter,
                                 train_text_segmenter)
 from vfm_lab.jobs.region import (HELDOUT_SHAPES, OBJECT_PROMPT, TOWER_ENTRIES, RegionData, build_grounder,

@@ -23,6 +23,7 @@ from torchmetrics.classification import MulticlassJaccardIndex
 from torchmetrics.functional.segmentation import mean_iou
 
 from vfm_lab import distributed as D
+from vfm_lab.backbones import build_backbone
 from vfm_lab.config import PixelConfig
 from vfm_lab.data import ImageSet
 from vfm_lab.data.shapes import mask_boxes
@@ -32,9 +33,10 @@ from vfm_lab.jobs.region import RegionData, clip_towers, object_categories, pret
 from vfm_lab.methods.clip import ClipModel, embed_texts
 from vfm_lab.methods.lseg import IGNORE, TextSegmenter
 from vfm_lab.methods.sam import PromptableSegmenter, error_points, sample_points
-from vfm_lab.runtime import best_seconds, eval_mode, seed_everything
+from vfm_lab.runtime import best_seconds, eval_mode, resolve_device, seed_everything
 
 CLICKS = 3  # clicks per object in the evaluation
+BACKBONES = ("convnet-s", "vit-nano", "vit-tiny")  # the image encoders whose cost encoder_sweep compares
 TOLERANCES = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)  # the flood fill's colour tolerances tried
 TUNING_OBJECTS = 300  # training objects the flood fill's tolerance is chosen on
 
@@ -136,9 +138,26 @@ def decoder_timing(model: PromptableSegmenter, images: torch.Tensor, repeats: in
     return {"encoder_ms_per_image": encoder, "decoder_ms_per_prompt": decoder, "encoder_per_decoder": encoder / decoder}
 
 
+def encoder_sweep(cfg: PixelConfig, images: torch.Tensor) -> dict[str, dict[str, float]]:
+    """:func:`decoder_timing` of an untrained segmenter (the cost does not depend on the weights) on each backbone the
+    config allows, at the images' size, with the backbone's parameters in millions: how the encoder's share grows with
+    its size, which is SAM's reason for two halves."""
+    device = resolve_device(cfg.device)
+    masks = torch.zeros(1, *images.shape[-2:], dtype=torch.uint8)
+    out = {}
+    for backbone in BACKBONES:
+        seed_everything(cfg.seed)
+        model = PromptableSegmenter(build_backbone(backbone, images.shape[1], images.shape[-1]), masks,
+                                    **cfg.sam_kwargs()).to(device)
+        out[backbone] = {**decoder_timing(model, images),
+                         "encoder_params_m": sum(p.numel() for p in model.backbone.parameters()) / 1e6}
+    return out
+
+
 def train_segmenter(cfg: PixelConfig, data: RegionData, name: str = "sam") -> Run:
     """The promptable segmenter trained on every object of the training scenes into ``cfg.out_dir/name`` (a rerun
-    resumes), then :func:`prompt_metrics` on the test scenes and :func:`decoder_timing`; the metrics go to
+    resumes), then :func:`prompt_metrics` on the test scenes, :func:`decoder_timing` and :func:`encoder_sweep`; the
+    metrics go to
     ``results.json`` under ``name``."""
     model = build_segmenter(cfg, data.captions)
     run = train(cfg, model, name, data.captions)
@@ -146,7 +165,8 @@ def train_segmenter(cfg: PixelConfig, data: RegionData, name: str = "sam") -> Ru
         return Run(model, run.result, {})
     tolerance = flood_tolerance(data.captions, cfg.seed)
     run.metrics.update(**prompt_metrics(model, data.test, tolerance, cfg.seed),
-                       **decoder_timing(model, data.test.images[:64]))
+                       **decoder_timing(model, data.test.images[:64]),
+                       cost_by_backbone=encoder_sweep(cfg, data.test.images[:64]))
     write_results(cfg.out_dir, {"chapter": cfg.CHAPTER, "config": cfg.to_dict(), name: run.metrics})
     return run
 
