@@ -33,3 +33,17 @@ def test_the_method_table_measures_every_chapters_methods():
         assert len(shares) == 5 and shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1
     text = methods_markdown(table, "fp32", 16)
     assert "| sam (09) |" in text and "torch.float32" in text and "batch 16" in text and " % |" in text
+
+
+def test_open_clips_own_loop_trains_our_clip_through_open_clips_model_interface():
+    from vfm_lab import jobs
+    from vfm_lab.benchmarks import BATCH, _OpenClipInterface, open_clip_loop, our_clip_loop
+    from vfm_lab.config import ClipConfig
+    from vfm_lab.data import load
+
+    data = load("shapes", "train", n=BATCH * 2, image_size=32)
+    clip = jobs.build_clip(ClipConfig.from_params(batch_size=BATCH), data)
+    out = _OpenClipInterface(clip).eval()(data.images[:4].float() / 255, clip.text_inputs[:4])
+    assert torch.allclose(out["image_features"].norm(dim=1), torch.ones(4), atol=1e-5)
+    assert torch.allclose(out["text_features"], clip.encode_text([data.captions[i] for i in range(4)]), atol=1e-5)
+    assert open_clip_loop(data, 2, "fp32") > 0 and our_clip_loop(data, 2) > 0

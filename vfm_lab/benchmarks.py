@@ -1,4 +1,4 @@
-"""Benchmarks, as ratios measured in one process (``vfm-lab bench engine|shapes|ssl|mim|methods|all``).
+"""Benchmarks, as ratios measured in one process (``vfm-lab bench engine|shapes|ssl|mim|clip|methods|all``).
 
 - engine: seconds per optimizer step of :func:`vfm_lab.engine.fit` against a minimal
   hand-written PyTorch loop (same model, batch, augmentation, optimizer, precision).
@@ -12,6 +12,9 @@
   helpers and transforms, in its documented DataLoader pipeline) on the same backbone,
   batch, view recipes, optimizer and precision; and where the time goes (augmentation
   against the model's forward, backward and update). Needs lightly (``pip install -e ".[test]"``).
+- clip: images per second of a CLIP training step through our engine against open_clip's own training loop
+  (``open_clip_train.train.train_one_epoch``) on the same model (behind open_clip's model interface), data, batch,
+  optimizer and precision.
 - methods: for every chapter's methods, as their jobs build them, images per second of a full training step on
   one batch, its FLOPs (``torch.utils.flop_counter``: forward and backward) and its model FLOP utilisation against
   an n x n matrix product on the same CPU in the same precision; the table goes to ``benchmarks/methods.md``.
@@ -292,6 +295,89 @@ def bench_mim(backbone: str = "vit-nano", batch_size: int = 128, steps: int = 10
             "backbone": backbone, "precision": str(dtype), "threads": torch.get_num_threads()}
 
 
+class _OpenClipInterface(nn.Module):
+    """Our :class:`~vfm_lab.methods.clip.ClipModel` behind open_clip's model interface, as ``open_clip_train`` calls
+    it: ``model(images, texts)`` -> the unit-length features and the scale (the same augmentation, towers and
+    projections as our step)."""
+
+    def __init__(self, clip: nn.Module):
+        super().__init__()
+        self.clip, self.logit_scale = clip, clip.logit_scale
+
+    def forward(self, images: torch.Tensor, texts: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self.clip.augment(images) if self.clip.augment is not None and self.training else images
+        return {"image_features": self.clip.encode_image(x), "text_features": self.clip.encode_text_inputs(texts),
+                "logit_scale": self.logit_scale.exp()}
+
+
+def open_clip_loop(data: ImageSet, steps: int, precision: str) -> float:
+    """Seconds per step of ``open_clip_train.train.train_one_epoch`` (open_clip's own training loop: autocast,
+    ClipLoss, AdamW, the logit-scale clamp, its meters and logging) on our CLIP, its batches prepared in memory."""
+    import argparse
+    import logging
+
+    from open_clip.loss import ClipLoss
+    from open_clip_train.train import train_one_epoch
+
+    from vfm_lab import jobs
+    from vfm_lab.config import ClipConfig
+
+    cfg = ClipConfig.from_params(batch_size=BATCH)
+    torch.manual_seed(0)
+    clip = jobs.build_clip(cfg, data)
+    model = _OpenClipInterface(clip)
+    pairs = [(b["image"].float() / 255, clip.text_inputs[b["index"]]) for b in batches(data, BATCH, seed=0)]
+
+    class Loader(list):
+        num_batches, num_samples = len(pairs), len(pairs) * BATCH
+
+    loader = Loader(pairs)
+    train = argparse.Namespace(dataloader=loader, set_epoch=lambda epoch: None)
+    args = argparse.Namespace(device="cpu", precision="amp_bf16" if precision == "bf16" else "fp32", accum_freq=1,
+                              distill=False, skip_scheduler=True, grad_clip_norm=None, horovod=False,
+                              log_every_n_steps=10 ** 9, batch_size=BATCH, world_size=1, rank=0, local_rank=0,
+                              wandb=False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.WARNING)  # its per-log-step info lines
+    try:
+        start = time.perf_counter()
+        train_one_epoch(model, {"train": train}, ClipLoss(), 0, optimizer, None, None, None, args)
+        seconds = time.perf_counter() - start
+    finally:
+        logging.getLogger().setLevel(level)
+    assert len(pairs) == steps
+    return seconds / steps
+
+
+def our_clip_loop(data: ImageSet, steps: int) -> float:
+    """Seconds per step of the same CLIP through our engine."""
+    from vfm_lab import jobs
+    from vfm_lab.config import ClipConfig
+
+    cfg = ClipConfig.from_params(batch_size=BATCH)
+    torch.manual_seed(0)
+    result = fit(jobs.build_clip(cfg, data), data, epochs=1, batch_size=BATCH, lr=1e-3, weight_decay=0.1,
+                 device="cpu", precision="auto", progress=False)
+    assert result.steps == steps
+    return result.seconds / steps
+
+
+def bench_clip(steps: int = 10, repeats: int = 2) -> dict[str, float]:
+    """Images per second of a CLIP training step through our engine against open_clip's own training loop
+    (``open_clip_train``) on the same model, data, batch, optimizer and precision; interleaved, the best of each."""
+    dtype = resolve_precision("auto", torch.device("cpu"))
+    precision = "bf16" if dtype == torch.bfloat16 else "fp32"
+    data = load("shapes", "train", n=BATCH * steps, image_size=SIZE)
+    our_clip_loop(data.subset(slice(0, BATCH * 2)), 2)  # warm-up: allocator, kernels
+    ours, theirs = [], []
+    for _ in range(repeats):
+        ours.append(our_clip_loop(data, steps))
+        theirs.append(open_clip_loop(data, steps, precision))
+    return {"clip/ours_images_per_s": BATCH / min(ours), "clip/open_clip_train_images_per_s": BATCH / min(theirs),
+            "clip/ratio": min(theirs) / min(ours), "precision": str(dtype), "threads": torch.get_num_threads()}
+
+
 def _chapter_methods(size: int = 32) -> dict[str, Callable[[], tuple[nn.Module, ImageSet]]]:
     """Every chapter's methods as its job builds them (the ``smoke`` configs' hyper-parameters), each with the scenes
     its batches come from (chapters 08 and 09 on CLIP towers built fresh: the cost does not depend on their weights)."""
@@ -414,6 +500,8 @@ def main(what: str = "all") -> int:
         results.update(bench_ssl())
     if what in ("mim", "all"):
         results.update(bench_mim())
+    if what in ("clip", "all"):
+        results.update(bench_clip())
     if what in ("methods", "all"):
         table = bench_methods()
         print(methods_markdown(table))

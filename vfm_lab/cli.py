@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=train)
     p = sub.add_parser("bench", parents=[debug],
                        help="benchmarks: engine overhead, shapes generation speed, SSL against lightly")
-    p.add_argument("what", choices=("engine", "shapes", "ssl", "mim", "methods", "all"))
+    p.add_argument("what", choices=("engine", "shapes", "ssl", "mim", "clip", "methods", "all"))
     p.set_defaults(func=bench)
     args = parser.parse_args(argv)
     try:
