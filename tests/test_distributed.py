@@ -21,6 +21,15 @@ def torchrun(args, tmp_path, timeout=180):
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def train_job(tmp_path, chapter, **params):
+    """`torchrun -m vfm_lab train CHAPTER -p scale=smoke -p key=value ...` on two ranks into tmp_path/run; its
+    results.json once it has exited cleanly."""
+    args = [a for k, v in {"scale": "smoke", **params, "out_dir": tmp_path / "run"}.items() for a in ("-p", f"{k}={v}")]
+    proc = torchrun(["-m", "vfm_lab", "train", chapter, *args], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((tmp_path / "run" / "results.json").read_text())
+
+
 def test_two_process_gather_shards_and_ddp_training(tmp_path):
     proc = torchrun([str(ROOT / "tests" / "ddp_check.py"), str(tmp_path)], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -42,10 +51,7 @@ def test_two_process_gather_shards_and_ddp_training(tmp_path):
 
 def test_command_line_training_job_under_torchrun(tmp_path):
     """`torchrun -m vfm_lab train 01`: the chapter's job runs DDP on two ranks and writes results.json once."""
-    proc = torchrun(["-m", "vfm_lab", "train", "01", "-p", "scale=smoke", "-p", "n_train=512", "-p", "n_test=256",
-                     "-p", "epochs=2", "-p", "batch_size=32", "-p", f"out_dir={tmp_path / 'run'}"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    results = train_job(tmp_path, "01", n_train=512, n_test=256, epochs=2, batch_size=32)
     assert results["world_size"] == 2 and results["chapter"] == "01_supervised"
     assert 0.0 <= results["test_acc"] <= 1.0 and results["knn_acc"] > 0.0
 
@@ -53,10 +59,7 @@ def test_command_line_training_job_under_torchrun(tmp_path):
 def test_pretrain_then_finetune_job_under_torchrun(tmp_path):
     """`torchrun -m vfm_lab train 05`: pre-training and both fine-tunings (scratch, MAE) run DDP on both ranks
     (fine-tuning on rank 0 alone would leave it waiting for rank 1 inside DDP), and rank 0 writes the table."""
-    proc = torchrun(["-m", "vfm_lab", "train", "05", "-p", "scale=smoke", "-p", "n_train=256", "-p", "n_test=128",
-                     "-p", "finetune_n_train=128", "-p", "batch_size=32", "-p", f"out_dir={tmp_path / 'run'}"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    results = train_job(tmp_path, "05", n_train=256, n_test=128, finetune_n_train=128, batch_size=32)
     assert results["mae"]["world_size"] == 2 and {"scratch", "mae"} <= set(results)
     assert all(0.0 <= results[k]["finetune_acc"] <= 1.0 for k in ("scratch", "mae"))
 
@@ -94,10 +97,7 @@ def test_a_dying_rank_stops_the_other_without_an_agent(tmp_path):
 def test_chapter_06_flip_job_under_torchrun(tmp_path):
     """`torchrun -m vfm_lab train 06 -p part=flip`: every rank times the masking ratios (the loss gathers across
     ranks, so a benchmark on rank 0 alone would hang the other), then the FLIP runs and unmasked tunings run DDP."""
-    proc = torchrun(["-m", "vfm_lab", "train", "06", "-p", "scale=smoke", "-p", "part=flip", "-p", "n_train=64",
-                     "-p", "n_test=32", "-p", "finetune_n_train=32", "-p", "batch_size=32", "-p", f"out_dir={tmp_path / 'run'}"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    results = train_job(tmp_path, "06", part="flip", n_train=64, n_test=32, finetune_n_train=32, batch_size=32)
     assert {"flip-0", "flip-50", "flip-75", "flip-50-unmasked", "flip-75-unmasked"} <= set(results)
     assert results["flip-75"]["world_size"] == 2 and results["flip-75"]["pairs_per_s"] > 0
 
@@ -105,10 +105,7 @@ def test_chapter_06_flip_job_under_torchrun(tmp_path):
 def test_chapter_07_job_under_torchrun(tmp_path):
     """`torchrun -m vfm_lab train 07`: CoCa (the contrastive loss gathers across ranks, each rank its own questions
     and hard negatives), then CoCa without its decoder, whose decoder and heads get no gradient on any rank."""
-    proc = torchrun(["-m", "vfm_lab", "train", "07", "-p", "scale=smoke", "-p", "n_train=64", "-p", "n_test=32",
-                     "-p", "batch_size=16", "-p", f"out_dir={tmp_path / 'run'}"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    results = train_job(tmp_path, "07", n_train=64, n_test=32, batch_size=16)
     assert results["coca"]["world_size"] == 2 and results["clip"]["world_size"] == 2
     assert {"caption_attr_acc", "vqa_acc", "itm_acc"} <= set(results["coca"]) and "vqa_acc" not in results["clip"]
 
@@ -116,10 +113,7 @@ def test_chapter_07_job_under_torchrun(tmp_path):
 def test_chapter_08_job_under_torchrun(tmp_path):
     """`torchrun -m vfm_lab train 08`: the CLIP towers trained here under DDP, then the grounder (each rank its own
     positives, the alignment over its own batch's texts) on both text encoders; rank 0 evaluates and writes COCO JSON."""
-    proc = torchrun(["-m", "vfm_lab", "train", "08", "-p", "scale=smoke", "-p", "n_train=64", "-p", "n_test=32",
-                     "-p", "batch_size=16", "-p", f"out_dir={tmp_path / 'run'}"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    results = train_job(tmp_path, "08", n_train=64, n_test=32, batch_size=16)
     assert results["glip"]["world_size"] == 2 and results["glip-minilm-locked"]["world_size"] == 2
     assert {"grounding_acc", "seen_AP50", "heldout_AP50"} <= set(results["glip"])
     gt = json.loads((tmp_path / "run" / "glip" / "coco" / "heldout_gt.json").read_text())
@@ -130,10 +124,7 @@ def test_chapter_09_job_under_torchrun(tmp_path):
     """`torchrun -m vfm_lab train 09`: the promptable segmenter (each rank its own objects, boxes and follow-up clicks;
     every part, the background-point embedding included, gets a gradient on every rank), then the CLIP towers and the
     open-vocabulary segmenter; rank 0 evaluates."""
-    proc = torchrun(["-m", "vfm_lab", "train", "09", "-p", "scale=smoke", "-p", "n_train=64", "-p", "n_test=16",
-                     "-p", "batch_size=8", "-p", f"out_dir={tmp_path / 'run'}"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    results = train_job(tmp_path, "09", n_train=64, n_test=16, batch_size=8)
     assert results["sam"]["world_size"] == 2 and results["lseg"]["world_size"] == 2
     assert {"click1_miou", "flood_miou", "encoder_ms_per_image"} <= set(results["sam"])
     assert {"seen_miou", "heldout_miou", "heldout_chance_miou"} <= set(results["lseg"])
